@@ -1,0 +1,221 @@
+"""Composition root: build every piece, run until SIGTERM, tell systemd how it goes.
+
+Start order matters to systemd: READY=1 is sent only after the archive is migrated
+and the bus name is owned, so `systemctl start` returning means clients can call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from dataclasses import replace
+
+import structlog
+from dbus_fast import BusType, NameFlag, RequestNameReply
+from dbus_fast.aio import MessageBus
+
+from bangui_daemon.archive.db import Archive
+from bangui_daemon.config import Config, load_config
+from bangui_daemon.dbus.auth import Authorizer, remember_message
+from bangui_daemon.dbus.core import CoreInterface
+from bangui_daemon.dbus.names import BUS_NAME, OBJECT_PATH
+from bangui_daemon.dbus.signals import SignalPump
+from bangui_daemon.errors import BanguiError, ConfigError
+from bangui_daemon.events import EventHub
+from bangui_daemon.fail2ban.client import Fail2banClient
+from bangui_daemon.logging import configure_logging
+from bangui_daemon.notify import Notifier
+from bangui_daemon.services.bans import BanService
+from bangui_daemon.services.safety import SafetyPolicy
+from bangui_daemon.services.state import RUNNING, STOPPING, DaemonState
+from bangui_daemon.services.status import StatusService
+from bangui_daemon.tasks.ban_watch import BanWatch
+from bangui_daemon.tasks.scheduler import Scheduler
+
+log = structlog.get_logger(__name__)
+
+STATUS_EVERY = 10.0
+STOP_BUDGET = 4.0  # systemd and the tests expect an exit within 5 s of SIGTERM
+
+
+class StartupError(BanguiError):
+    """The daemon cannot start; the message says why in one sentence."""
+
+
+def bus_for(config: Config) -> MessageBus:
+    """Return an unconnected bus for config's `dbus.bus` value."""
+    where = config.dbus.bus
+    if where == "system":
+        return MessageBus(bus_type=BusType.SYSTEM)
+    if where == "session":
+        return MessageBus(bus_type=BusType.SESSION)
+    return MessageBus(bus_address=where)
+
+
+class Daemon:
+    """The running daemon; `await Daemon(config, path).run()` until stopped."""
+
+    def __init__(self, config: Config, config_path: str | None) -> None:
+        self.config = config
+        self._config_path = config_path
+        self.hub = EventHub()
+        self.state = DaemonState(self.hub)
+        self.notifier = Notifier()
+        self._stop = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self.archive: Archive | None = None
+        self.bus: MessageBus | None = None
+
+    def _cfg(self) -> Config:
+        return self.config
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; return the process exit code."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+        try:
+            return await self._run()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+
+    async def _run(self) -> int:
+        cfg = self.config
+        self.notifier.status("opening the archive")
+        self.archive = await Archive.open(cfg.archive.path)
+        client = Fail2banClient(cfg.fail2ban.socket, cfg.fail2ban.timeout)
+        safety = SafetyPolicy(lambda: self.config)
+        bans = BanService(client, self.state, lambda: self.config.blocklist.jail, safety.checker)
+        status = StatusService(self.state, bans)
+        scheduler = Scheduler(self.hub, self.state.task_result)
+        watch = BanWatch(bans, self.hub)
+        scheduler.add(
+            "ban_watch", cfg.tasks.ban_watch, watch.run, timeout=cfg.fail2ban.timeout * 3, quiet=True
+        )
+        self._scheduler = scheduler
+
+        self.notifier.status("connecting to D-Bus")
+        bus = bus_for(cfg)
+        try:
+            await bus.connect()
+        except Exception as exc:
+            raise StartupError(f"cannot connect to the {cfg.dbus.bus} D-Bus: {exc}") from exc
+        self.bus = bus
+        bus.add_message_handler(remember_message)
+        auth = Authorizer(bus, lambda: self.config.dbus.admin_group)
+        pump = SignalPump(bus)
+        core = CoreInterface(self.state, bans, scheduler, status, auth)
+        core.connect_signals(pump)
+        self.hub.subscribe(pump.publish)
+        bus.export(OBJECT_PATH, core)
+        reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            bus.disconnect()
+            raise StartupError(f"{BUS_NAME} is already owned on the bus by another process")
+        pump.start()
+        scheduler.start()
+        self.state.set_phase(RUNNING)
+        self.notifier.ready(f"serving {BUS_NAME}")
+        log.info("daemon_ready", bus=cfg.dbus.bus, name=BUS_NAME, archive=cfg.archive.path)
+
+        background = [
+            asyncio.create_task(self._watchdog(), name="watchdog"),
+            asyncio.create_task(self._status_lines(status), name="status-lines"),
+            asyncio.create_task(self._reloader(scheduler), name="reloader"),
+        ]
+        disconnected = asyncio.create_task(bus.wait_for_disconnect(), name="bus-watch")  # type: ignore[no-untyped-call]
+        stopping = asyncio.create_task(self._stop.wait(), name="stop-wait")
+        done, _ = await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        exit_code = 0
+        if disconnected in done:
+            log.error("dbus_connection_lost")
+            exit_code = 1
+        log.info("daemon_stopping")
+        self.state.set_phase(STOPPING)
+        self.notifier.stopping()
+        for task in (*background, stopping, disconnected):
+            task.cancel()
+        try:
+            await asyncio.wait_for(scheduler.stop(), STOP_BUDGET / 2)
+        except TimeoutError:
+            log.warning("tasks_not_stopped_in_time")
+        if exit_code == 0:
+            await pump.flush(STOP_BUDGET / 4)
+        await pump.stop()
+        await client.close()
+        if exit_code == 0:
+            bus.disconnect()
+        await self.archive.close()
+        log.info("daemon_stopped", exit_code=exit_code)
+        return exit_code
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 from the event loop itself: a stuck loop stops the pings."""
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _status_lines(self, status: StatusService) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                self.notifier.status(await status.summary())
+            await asyncio.sleep(STATUS_EVERY)
+
+    async def _reloader(self, scheduler: Scheduler) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            self.notifier.reloading()
+            self.reload(scheduler)
+            self.notifier.ready("configuration reloaded")
+
+    def reload(self, scheduler: Scheduler) -> None:
+        """Re-read the config file; apply what can change live, keep the rest."""
+        try:
+            new = load_config(self._config_path)
+        except ConfigError as exc:
+            log.error("config_reload_failed", error=str(exc))
+            return
+        needs_restart = [
+            key
+            for key, old_value, new_value in (
+                ("fail2ban", self.config.fail2ban, new.fail2ban),
+                ("archive.path", self.config.archive.path, new.archive.path),
+                ("dbus.bus", self.config.dbus.bus, new.dbus.bus),
+            )
+            if old_value != new_value
+        ]
+        if needs_restart:
+            log.warning("config_reload_needs_restart", keys=needs_restart)
+            new = replace(
+                new,
+                fail2ban=self.config.fail2ban,
+                archive=replace(new.archive, path=self.config.archive.path),
+                dbus=replace(new.dbus, bus=self.config.dbus.bus),
+            )
+        configure_logging(new.log.level, new.log.format)
+        for name in scheduler.names():
+            interval = getattr(new.tasks, name, None)
+            if isinstance(interval, int | float):
+                scheduler.set_interval(name, float(interval))
+        self.config = new
+        log.info("config_reloaded", path=self._config_path)
+
+
+def run_daemon(config: Config, config_path: str | None) -> int:
+    """Entry point used by the command line: run the loop, map failures to exit codes."""
+    configure_logging(config.log.level, config.log.format)
+    try:
+        return asyncio.run(Daemon(config, config_path).run())
+    except BanguiError as exc:
+        log.error("daemon_start_failed", error=str(exc))
+        return 1
+
+

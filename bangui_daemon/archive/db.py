@@ -1,0 +1,165 @@
+"""The daemon's own sqlite archive: one writer, one reader, numbered migrations.
+
+WAL lets the reader connection answer D-Bus queries while a task writes. Every
+multi-statement write goes through `Archive.write()`, one `BEGIN IMMEDIATE`
+transaction serialised by a lock, so a crash leaves either all or nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import structlog
+
+from bangui_daemon.errors import SchemaTooNew
+
+log = structlog.get_logger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered schema step, applied in its own transaction."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def bundled_migrations() -> list[Migration]:
+    """Return the migrations shipped in the package, checked to be numbered 1..N."""
+    found: list[Migration] = []
+    for entry in resources.files("bangui_daemon.archive.migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), entry.name, entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise RuntimeError(f"migration numbering has a gap before {migration.name}")
+    return found
+
+
+class Archive:
+    """Async access to the archive file; create with `await Archive.open(path)`."""
+
+    def __init__(self, path: str, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str, migrations: Sequence[Migration] | None = None) -> Archive:
+        """Open (creating if needed) and migrate the archive at `path`."""
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(path)
+        try:
+            await writer.execute("PRAGMA journal_mode=WAL")
+            await _migrate(writer, bundled_migrations() if migrations is None else migrations)
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        await reader.execute("PRAGMA query_only=ON")
+        return cls(path, writer, reader)
+
+    async def close(self) -> None:
+        """Close both connections; the WAL is checkpointed by sqlite on the last close."""
+        await self._reader.close()
+        await self._writer.close()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Yield the writer inside one BEGIN IMMEDIATE transaction; commit or roll back."""
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+        """Run one read query on the reader connection."""
+        async with self._reader.execute(sql, tuple(params)) as cursor:
+            return [tuple(row) for row in await cursor.fetchall()]
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
+        """Run one read query and return its first row, if any."""
+        async with self._reader.execute(sql, tuple(params)) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else tuple(row)
+
+    async def scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        """Return the first column of the first row (None when there is no row)."""
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    async def schema_version(self) -> int:
+        """Return the applied schema version."""
+        return int(await self.scalar("SELECT version FROM schema_version") or 0)
+
+
+async def _connect(path: str) -> aiosqlite.Connection:
+    # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
+    conn = await aiosqlite.connect(path, isolation_level=None, timeout=30.0)
+    await conn.execute("PRAGMA foreign_keys=ON")
+    await conn.execute("PRAGMA synchronous=NORMAL")
+    await conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+async def _current_version(conn: aiosqlite.Connection) -> int:
+    async with conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_version'"
+    ) as cursor:
+        if await cursor.fetchone() is None:
+            return 0
+    async with conn.execute("SELECT version FROM schema_version") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration]) -> None:
+    current = await _current_version(conn)
+    known = migrations[-1].version if migrations else 0
+    if current > known:
+        raise SchemaTooNew(
+            f"the archive schema is version {current}, newer than the {known} this "
+            "bangui-daemon knows; upgrade bangui-daemon or restore an older archive"
+        )
+    for migration in migrations:
+        if migration.version <= current:
+            continue
+        # The whole step, version bump included, is one transaction inside the script,
+        # so a failure or a crash leaves the previous version intact.
+        script = (
+            "BEGIN IMMEDIATE;\n"
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);\n"
+            f"{migration.sql}\n;"
+            "DELETE FROM schema_version;\n"
+            f"INSERT INTO schema_version (version) VALUES ({migration.version});\n"
+            "COMMIT;"
+        )
+        try:
+            await conn.executescript(script)
+        except sqlite3.Error:
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
+            log.error("migration_failed", migration=migration.name)
+            raise
+        log.info("migration_applied", migration=migration.name, version=migration.version)

@@ -1,0 +1,25 @@
+-- Ban events copied from fail2ban (history sync) or seen live (ban watch, UnbanIp).
+-- The natural key makes every writer idempotent: a re-run never duplicates.
+CREATE TABLE ban_events (
+    id          INTEGER PRIMARY KEY,
+    action      TEXT    NOT NULL CHECK (action IN ('ban', 'unban')),
+    jail        TEXT    NOT NULL,
+    ip          TEXT    NOT NULL,
+    timeofban   INTEGER NOT NULL,           -- for an unban: when the ban was lifted
+    bantime     INTEGER NOT NULL DEFAULT 0, -- seconds, -1 = permanent
+    bancount    INTEGER NOT NULL DEFAULT 1,
+    failures    INTEGER NOT NULL DEFAULT 0,
+    matches     TEXT    NOT NULL DEFAULT '[]', -- JSON array of log lines
+    origin      TEXT    NOT NULL DEFAULT 'selfblock' CHECK (origin IN ('selfblock', 'blocklist')),
+    recorded_by TEXT    NOT NULL DEFAULT 'history_sync',
+    UNIQUE (action, jail, ip, timeofban)
+);
+CREATE INDEX ban_events_time ON ban_events (timeofban);
+CREATE INDEX ban_events_ip_time ON ban_events (ip, timeofban);
+CREATE INDEX ban_events_jail_time ON ban_events (jail, timeofban);
+
+-- Small durable key/value state: high-water marks, fingerprints.
+CREATE TABLE daemon_state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;

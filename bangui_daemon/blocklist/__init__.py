@@ -1,0 +1,1 @@
+"""Blocklists: fetch, parse, safety policy, import workflow."""

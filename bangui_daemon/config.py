@@ -1,0 +1,381 @@
+"""The daemon's configuration: one TOML file, every key optional, every problem named.
+
+Each TOML section is a frozen dataclass whose fields carry their own validator, so the
+parser, the error messages and `dump_config` share one schema. Validation collects
+every problem before failing: an operator fixing a config should see all of them in
+one `--check-config` run, not one per restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeVar, cast
+from urllib.parse import urlsplit
+
+from bangui_daemon.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "ArchiveConfig",
+    "BlocklistConfig",
+    "Config",
+    "DbusConfig",
+    "Fail2banConfig",
+    "GeoConfig",
+    "LogConfig",
+    "LogFormat",
+    "LogLevel",
+    "TasksConfig",
+    "dump_config",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_CONFIG_PATH: Final = "/etc/bangui/bangui.toml"
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "json", "logfmt", "console"]
+LOG_LEVELS: Final[tuple[LogLevel, ...]] = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("auto", "json", "logfmt", "console")
+
+# Transports of the D-Bus specification's server address syntax.
+_DBUS_TRANSPORTS: Final = frozenset(
+    {"unix", "tcp", "nonce-tcp", "unixexec", "launchd", "autolaunch", "systemd"}
+)
+_JAIL_NAME: Final = re.compile(r"[A-Za-z0-9_.@:+-]+")
+_CHECK: Final = "bangui_check"
+
+T = TypeVar("T")
+
+
+class _InvalidError(Exception):
+    """One value failed its check; the message completes `section.key: ...`."""
+
+
+Check = Callable[[object], object]
+
+
+def _show(value: object) -> str:
+    """Render a value as the operator wrote it (TOML spelling), truncated."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, dict):
+        text = "a table"
+    else:
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Check:
+    if maximum is None:
+        expected = f"must be an integer >= {minimum}"
+    else:
+        expected = f"must be an integer from {minimum} to {maximum}"
+
+    def check(value: object) -> object:
+        # bool is an int subclass, but `max_entries = true` is a mistake, not 1.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
+            raise _InvalidError(f"{expected}, got {_show(value)}")
+        return value
+
+    return check
+
+
+def _positive_number(value: object) -> object:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise _InvalidError(f"must be a number > 0 (seconds), got {_show(value)}")
+    return value
+
+
+def _boolean(value: object) -> object:
+    if not isinstance(value, bool):
+        raise _InvalidError(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _nonempty_string(value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise _InvalidError(f"must be a non-empty string, got {_show(value)}")
+    return value
+
+
+def _absolute_path(value: object) -> object:
+    path = _nonempty_string(value)
+    if not os.path.isabs(path):
+        # The daemon runs with cwd "/" under systemd; a relative path is a mistake.
+        raise _InvalidError(f"must be an absolute path, got {_show(value)}")
+    return path
+
+
+def _name(value: object) -> object:
+    name = _nonempty_string(value)
+    if not _JAIL_NAME.fullmatch(name):
+        raise _InvalidError(
+            f"must be a name without spaces or special characters, got {_show(value)}"
+        )
+    return name
+
+
+def _choice(*choices: str) -> Check:
+    def check(value: object) -> object:
+        if isinstance(value, str) and value.lower() in choices:
+            return value.lower()
+        raise _InvalidError(f"must be one of {', '.join(choices)}, got {_show(value)}")
+
+    return check
+
+
+def _bus(value: object) -> object:
+    bus = _nonempty_string(value)
+    if bus in ("system", "session"):
+        return bus
+    parts = [part for part in bus.split(";") if part]
+    if not parts or any(part.partition(":")[0] not in _DBUS_TRANSPORTS for part in parts):
+        raise _InvalidError(
+            'must be "system", "session" or a D-Bus address such as '
+            f'"unix:path=/run/dbus/system_bus_socket", got {_show(value)}'
+        )
+    return bus
+
+
+def _http_url(value: object) -> object:
+    url = _nonempty_string(value)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _InvalidError(f"must be an http:// or https:// URL, got {_show(value)}")
+    return url
+
+
+def _networks(value: object) -> object:
+    if not isinstance(value, list | tuple):
+        raise _InvalidError(f"must be a list of addresses or networks, got {_show(value)}")
+    result: list[str] = []
+    problems: list[str] = []
+    for index, item in enumerate(value):
+        try:
+            if not isinstance(item, str):
+                raise TypeError
+            network = str(ipaddress.ip_network(item.strip(), strict=False))
+        except (TypeError, ValueError):
+            problems.append(f"[{index}] is not an IP address or network: {_show(item)}")
+            continue
+        if network not in result:
+            result.append(network)
+    if problems:
+        raise _InvalidError("; ".join(problems))
+    return tuple(result)
+
+
+def _option(default: T, check: Check) -> T:
+    """Declare a config key: its default and the check its TOML value must pass."""
+    return field(default=default, metadata={_CHECK: check})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Fail2banConfig:
+    """How to reach fail2ban: its control socket and its sqlite database."""
+
+    socket: str = _option("/run/fail2ban/fail2ban.sock", _absolute_path)
+    database: str = _option("/var/lib/fail2ban/fail2ban.sqlite3", _absolute_path)
+    timeout: float = _option(10.0, _positive_number)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ArchiveConfig:
+    """The daemon's own history database; retention_days 0 keeps history forever."""
+
+    path: str = _option("/var/lib/bangui/archive.sqlite3", _absolute_path)
+    retention_days: int = _option(365, _integer(0))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DbusConfig:
+    """Which bus to serve on and who may call the admin methods."""
+
+    bus: str = _option("system", _bus)
+    admin_group: str = _option("bangui-admin", _name)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TasksConfig:
+    """Scheduler intervals in seconds (floats allowed, for tests)."""
+
+    ban_watch: float = _option(2, _positive_number)
+    history_sync: float = _option(300, _positive_number)
+    geo_resolve: float = _option(60, _positive_number)
+    blocklist_import: float = _option(86400, _positive_number)
+    geo_cache_cleanup: float = _option(86400, _positive_number)
+    history_purge: float = _option(86400, _positive_number)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BlocklistConfig:
+    """Blocklist imports: target jail, download limits, and what is never banned."""
+
+    jail: str = _option("blocklist-import", _name)
+    max_bytes: int = _option(52428800, _integer(1))
+    timeout: float = _option(60, _positive_number)
+    max_entries: int = _option(100000, _integer(1))
+    min_prefix_v4: int = _option(16, _integer(0, 32))
+    min_prefix_v6: int = _option(32, _integer(0, 128))
+    allowlist: tuple[str, ...] = _option((), _networks)
+    file_dir: str = _option("/etc/bangui/lists", _absolute_path)
+    ipsum_min_count: int = _option(1, _integer(1))
+    batch_size: int = _option(200, _integer(1))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GeoConfig:
+    """MMDB paths, cache retention and the optional (off by default) HTTP fallback."""
+
+    country_db: str = _option("/usr/share/GeoIP/GeoLite2-Country.mmdb", _absolute_path)
+    asn_db: str = _option("/usr/share/GeoIP/GeoLite2-ASN.mmdb", _absolute_path)
+    retention_days: int = _option(90, _integer(0))
+    http_fallback: bool = _option(False, _boolean)
+    http_fallback_url: str = _option("http://ip-api.com/batch", _http_url)
+    http_fallback_rate_per_minute: int = _option(15, _integer(1))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LogConfig:
+    """Log threshold and renderer ("auto" picks console, logfmt or JSON)."""
+
+    # _option returns the (immutable) default; ruff cannot see that through a Literal.
+    level: LogLevel = _option("info", _choice(*LOG_LEVELS))  # noqa: RUF009
+    format: LogFormat = _option("auto", _choice(*LOG_FORMATS))  # noqa: RUF009
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Config:
+    """The whole effective configuration; one attribute per TOML section."""
+
+    fail2ban: Fail2banConfig = field(default_factory=Fail2banConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    dbus: DbusConfig = field(default_factory=DbusConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
+    geo: GeoConfig = field(default_factory=GeoConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+# TOML section name -> its dataclass, in the order of config.md (and of dump_config).
+_SECTIONS: Final[dict[str, type[Any]]] = {
+    "fail2ban": Fail2banConfig,
+    "archive": ArchiveConfig,
+    "dbus": DbusConfig,
+    "tasks": TasksConfig,
+    "blocklist": BlocklistConfig,
+    "geo": GeoConfig,
+    "log": LogConfig,
+}
+
+
+def _unknown(what: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown {what} {name}{hint}"
+
+
+def parse_config(data: Mapping[str, object]) -> Config:
+    """Validate parsed TOML; raise one ConfigError listing every problem, one a line."""
+    problems: list[str] = []
+    sections: dict[str, object] = {}
+    problems.extend(
+        _unknown("section", name, list(_SECTIONS)) for name in data if name not in _SECTIONS
+    )
+    for name, cls in _SECTIONS.items():
+        table = data.get(name, {})
+        if not isinstance(table, Mapping):
+            problems.append(f"{name}: must be a table ([{name}]), got {_show(table)}")
+            continue
+        options = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, object] = {}
+        for key, value in table.items():
+            if key not in options:
+                problems.append(_unknown("key", f"{name}.{key}", [f"{name}.{k}" for k in options]))
+                continue
+            check = cast(Check, options[key].metadata[_CHECK])
+            try:
+                values[key] = check(value)
+            except _InvalidError as exc:
+                problems.append(f"{name}.{key}: {exc}")
+        sections[name] = cls(**values)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return Config(**cast(dict[str, Any], sections))
+
+
+def load_config(path: str | None = None) -> Config:
+    """Read and validate the TOML file; only a missing *default* file means defaults."""
+    explicit = path is not None
+    path = DEFAULT_CONFIG_PATH if path is None else path
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{path}: config file does not exist") from None
+        return Config()
+    except tomllib.TOMLDecodeError as exc:
+        # The message carries "(at line N, column M)".
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        lines = str(exc).splitlines()
+        raise ConfigError("\n".join(f"{path}: {line}" for line in lines)) from None
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        # JSON string escapes are a subset of TOML basic-string escapes.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def dump_config(cfg: Config) -> str:
+    """Render the effective config as TOML that parse_config reads back unchanged."""
+    lines: list[str] = []
+    for name in _SECTIONS:
+        section = getattr(cfg, name)
+        if lines:
+            lines.append("")
+        lines.append(f"[{name}]")
+        lines.extend(
+            f"{f.name} = {_toml_value(getattr(section, f.name))}"
+            for f in dataclasses.fields(section)
+        )
+    return "\n".join(lines) + "\n"

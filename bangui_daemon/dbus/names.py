@@ -1,0 +1,10 @@
+"""The fixed names of the public contract (shared/spec/dbus-api.md)."""
+
+BUS_NAME = "org.bangui.Daemon1"
+OBJECT_PATH = "/org/bangui/Daemon1"
+CORE_INTERFACE = "org.bangui.Daemon1"
+HISTORY_INTERFACE = "org.bangui.Daemon1.History"
+BLOCKLISTS_INTERFACE = "org.bangui.Daemon1.Blocklists"
+GEO_INTERFACE = "org.bangui.Daemon1.Geo"
+INTERFACE_VERSION = "1.0"
+FAILED_ERROR = "org.bangui.Daemon1.Error.Failed"

@@ -1,0 +1,41 @@
+"""Plain Python values -> D-Bus Variants, for a{sv} results whose keys may grow."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dbus_fast import Variant
+
+
+def variant(value: object) -> Variant:
+    """Guess the natural D-Bus type of a task or result value."""
+    if isinstance(value, bool):
+        return Variant("b", value)
+    if isinstance(value, int):
+        return Variant("x", value)
+    if isinstance(value, float):
+        return Variant("d", value)
+    if isinstance(value, str):
+        return Variant("s", value)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return Variant("as", list(value))
+    if isinstance(value, Mapping):
+        return Variant("a{sv}", variant_dict(value))
+    return Variant("s", str(value))
+
+
+def variant_dict(values: Mapping[str, object]) -> dict[str, Variant]:
+    """Convert a mapping of plain values into a{sv}."""
+    return {str(k): variant(v) for k, v in values.items()}
+
+
+def unwrap(value: Any) -> Any:
+    """Variant (possibly nested) -> plain value, for validating a{sv} arguments."""
+    if isinstance(value, Variant):
+        return unwrap(value.value)
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value

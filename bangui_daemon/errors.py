@@ -1,0 +1,73 @@
+"""One exception tree for the whole daemon.
+
+Every error derives from `BanguiError` *and* from the fitting builtin, so callers can
+catch either. Each carries the D-Bus error name the edge maps it to, and its message
+is one readable sentence that never echoes file contents or secrets.
+"""
+
+from __future__ import annotations
+
+ERROR_PREFIX = "org.bangui.Daemon1.Error."
+
+
+class BanguiError(Exception):
+    """Root of every error the daemon raises on purpose."""
+
+    dbus_name = ERROR_PREFIX + "Failed"
+
+
+class InvalidArgument(BanguiError, ValueError):
+    """Malformed address, unknown jail, page size out of range, bad filter."""
+
+    dbus_name = ERROR_PREFIX + "InvalidArgument"
+
+
+class NotFound(BanguiError, LookupError):
+    """Unknown source id or task name."""
+
+    dbus_name = ERROR_PREFIX + "NotFound"
+
+
+class Fail2banUnavailable(BanguiError, ConnectionError):
+    """fail2ban's socket is down or did not answer in time."""
+
+    dbus_name = ERROR_PREFIX + "Fail2banUnavailable"
+
+
+class Fail2banProtocolError(Fail2banUnavailable):
+    """fail2ban answered something that is not a well-formed reply."""
+
+
+class Fail2banCommandError(BanguiError, RuntimeError):
+    """fail2ban understood the command and refused it (e.g. an unknown jail)."""
+
+    def __init__(self, remote_class: str, message: str) -> None:
+        super().__init__(f"fail2ban refused the command: {remote_class}: {message}")
+        self.remote_class = remote_class
+        self.remote_message = message
+
+
+class Busy(BanguiError, RuntimeError):
+    """The same import or task is already running."""
+
+    dbus_name = ERROR_PREFIX + "Busy"
+
+
+class Refused(BanguiError, ValueError):
+    """A safety rule refused the action (e.g. banning a loopback address)."""
+
+    dbus_name = ERROR_PREFIX + "Refused"
+
+
+class AccessDenied(BanguiError, PermissionError):
+    """An admin method was called by a caller that is not an admin."""
+
+    dbus_name = "org.freedesktop.DBus.Error.AccessDenied"
+
+
+class ConfigError(BanguiError, ValueError):
+    """A config key is unknown or has a wrong type or value; the message names it."""
+
+
+class SchemaTooNew(BanguiError, RuntimeError):
+    """The archive was written by a newer bangui-daemon than this one."""

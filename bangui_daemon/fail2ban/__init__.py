@@ -1,0 +1,1 @@
+"""fail2ban: the socket client and the read-only DB reader."""

@@ -1,0 +1,1 @@
+"""Geo: MMDB lookups and the geo cache."""

@@ -1,0 +1,1 @@
+"""The scheduler and one module per task."""
