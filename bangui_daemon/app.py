@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
 from dataclasses import replace
 
 import structlog
@@ -17,9 +16,11 @@ from dbus_fast import BusType, NameFlag, RequestNameReply
 from dbus_fast.aio import MessageBus
 
 from bangui_daemon.archive.db import Archive
+from bangui_daemon.archive.events_repo import EventsRepository
 from bangui_daemon.config import Config, load_config
 from bangui_daemon.dbus.auth import Authorizer, remember_message
 from bangui_daemon.dbus.core import CoreInterface
+from bangui_daemon.dbus.history import HistoryInterface
 from bangui_daemon.dbus.names import BUS_NAME, OBJECT_PATH
 from bangui_daemon.dbus.signals import SignalPump
 from bangui_daemon.errors import BanguiError, ConfigError
@@ -28,10 +29,14 @@ from bangui_daemon.fail2ban.client import Fail2banClient
 from bangui_daemon.logging import configure_logging
 from bangui_daemon.notify import Notifier
 from bangui_daemon.services.bans import BanService
+from bangui_daemon.services.history import HistoryService
 from bangui_daemon.services.safety import SafetyPolicy
 from bangui_daemon.services.state import RUNNING, STOPPING, DaemonState
 from bangui_daemon.services.status import StatusService
+from bangui_daemon.tasks import ban_watch, history_purge, history_sync
 from bangui_daemon.tasks.ban_watch import BanWatch
+from bangui_daemon.tasks.history_purge import HistoryPurge
+from bangui_daemon.tasks.history_sync import HistorySync
 from bangui_daemon.tasks.scheduler import Scheduler
 
 log = structlog.get_logger(__name__)
@@ -87,16 +92,42 @@ class Daemon:
         cfg = self.config
         self.notifier.status("opening the archive")
         self.archive = await Archive.open(cfg.archive.path)
+        archive = self.archive
         client = Fail2banClient(cfg.fail2ban.socket, cfg.fail2ban.timeout)
-        safety = SafetyPolicy(lambda: self.config)
-        bans = BanService(client, self.state, lambda: self.config.blocklist.jail, safety.checker)
-        status = StatusService(self.state, bans)
         scheduler = Scheduler(self.hub, self.state.task_result)
-        watch = BanWatch(bans, self.hub)
-        scheduler.add(
-            "ban_watch", cfg.tasks.ban_watch, watch.run, timeout=cfg.fail2ban.timeout * 3, quiet=True
+        events = EventsRepository(archive)
+        await events.load()
+        sync = HistorySync(
+            archive,
+            lambda: self.config.fail2ban.database,
+            lambda: self.config.blocklist.jail,
+            self.hub,
+            on_added=events.added,
         )
-        self._scheduler = scheduler
+        await sync.load()
+        safety = SafetyPolicy(lambda: self.config)
+        bans = BanService(
+            client,
+            self.state,
+            lambda: self.config.blocklist.jail,
+            safety.checker,
+            before_unban=sync.capture_ip,
+        )
+        history = HistoryService(events, bans.origin, lambda: scheduler.poke(history_sync.NAME))
+        purge = HistoryPurge(events, lambda: self.config.archive.retention_days)
+        status = StatusService(
+            self.state,
+            bans,
+            archived_events=lambda: _value(events.count),
+            last_history_sync=lambda: _value(sync.last_sync),
+        )
+        watch = BanWatch(bans, self.hub, [history.record_diff])
+        tasks = cfg.tasks
+        scheduler.add(
+            ban_watch.NAME, tasks.ban_watch, watch.run, timeout=cfg.fail2ban.timeout * 3, quiet=True
+        )
+        scheduler.add(history_sync.NAME, tasks.history_sync, sync.run, timeout=3600)
+        scheduler.add(history_purge.NAME, tasks.history_purge, purge.run, timeout=3600)
 
         self.notifier.status("connecting to D-Bus")
         bus = bus_for(cfg)
@@ -109,9 +140,11 @@ class Daemon:
         auth = Authorizer(bus, lambda: self.config.dbus.admin_group)
         pump = SignalPump(bus)
         core = CoreInterface(self.state, bans, scheduler, status, auth)
-        core.connect_signals(pump)
+        history_iface = HistoryInterface(history)
+        for iface in (core, history_iface):
+            iface.connect_signals(pump)
+            bus.export(OBJECT_PATH, iface)
         self.hub.subscribe(pump.publish)
-        bus.export(OBJECT_PATH, core)
         reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             bus.disconnect()
@@ -209,6 +242,10 @@ class Daemon:
         log.info("config_reloaded", path=self._config_path)
 
 
+async def _value(value: int) -> int:
+    return value
+
+
 def run_daemon(config: Config, config_path: str | None) -> int:
     """Entry point used by the command line: run the loop, map failures to exit codes."""
     configure_logging(config.log.level, config.log.format)
@@ -217,5 +254,3 @@ def run_daemon(config: Config, config_path: str | None) -> int:
     except BanguiError as exc:
         log.error("daemon_start_failed", error=str(exc))
         return 1
-
-

@@ -93,6 +93,27 @@ class Archive:
                 raise
             await self._writer.execute("COMMIT")
 
+    @property
+    def write_lock(self) -> asyncio.Lock:
+        """Held by every writer; a side connection that writes must hold it too."""
+        return self._write_lock
+
+    @asynccontextmanager
+    async def side_connection(
+        self, busy_timeout_ms: int = 2000
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """A short-lived extra connection (URI names allowed, e.g. to ATTACH read-only)."""
+        conn = await _connect(self.path, uri=True)
+        await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    async def reader_function(self, name: str, nargs: int, fn: Any) -> None:
+        """Register a deterministic SQL function on the reader connection."""
+        await self._reader.create_function(name, nargs, fn, deterministic=True)
+
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
         """Run one read query on the reader connection."""
         async with self._reader.execute(sql, tuple(params)) as cursor:
@@ -114,9 +135,9 @@ class Archive:
         return int(await self.scalar("SELECT version FROM schema_version") or 0)
 
 
-async def _connect(path: str) -> aiosqlite.Connection:
+async def _connect(path: str, *, uri: bool = False) -> aiosqlite.Connection:
     # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
-    conn = await aiosqlite.connect(path, isolation_level=None, timeout=30.0)
+    conn = await aiosqlite.connect(path, isolation_level=None, timeout=30.0, uri=uri)
     await conn.execute("PRAGMA foreign_keys=ON")
     await conn.execute("PRAGMA synchronous=NORMAL")
     await conn.execute("PRAGMA busy_timeout=30000")

@@ -77,7 +77,11 @@ class Authorizer:
             raise AccessDenied("the caller's credentials could not be read from the bus")
         creds = reply.body[0]
         uid = int(creds["UnixUserID"].value)
-        gids = frozenset(int(g) for g in creds["UnixGroupIDs"].value) if "UnixGroupIDs" in creds else frozenset()
+        gids = (
+            frozenset(int(g) for g in creds["UnixGroupIDs"].value)
+            if "UnixGroupIDs" in creds
+            else frozenset()
+        )
         pid = int(creds["ProcessID"].value) if "ProcessID" in creds else None
         caller = Caller(sender, uid, gids, pid)
         if len(self._cache) > 4096:

@@ -45,10 +45,10 @@ class SignalPump:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="signal-pump")
 
-    async def flush(self, timeout: float = 2.0) -> None:
+    async def flush(self, within: float = 2.0) -> None:
         """Wait (bounded) until queued signals are written, e.g. before stopping."""
         try:
-            await asyncio.wait_for(self._queue.join(), timeout)
+            await asyncio.wait_for(self._queue.join(), within)
         except TimeoutError:
             log.warning("signals_not_flushed", pending=self._queue.qsize())
 

@@ -8,7 +8,7 @@ fail2ban's single-threaded socket.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -60,11 +60,13 @@ class BanService:
         state: DaemonState,
         blocklist_jail: Callable[[], str],
         refusal: Callable[[], RefusalCheck],
+        before_unban: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self._client = client
         self._state = state
         self._blocklist_jail = blocklist_jail
         self._refusal = refusal
+        self._before_unban = before_unban
         self._counts: dict[str, JailCounts] = {}
         self._bans: dict[str, dict[str, ActiveBan]] = {}
         self._have_baseline = False
@@ -168,9 +170,12 @@ class BanService:
             candidates = [jail]
         else:
             candidates = list(self._counts) or await self._client.jails()
-        removed: list[str] = []
-        for name in candidates:
-            if await self._client.unban(name, [address]) > 0:
-                removed.append(name)
+        if self._before_unban is not None:
+            # fail2ban deletes an unbanned address's rows: archive them first.
+            try:
+                await self._before_unban(address)
+            except Exception:
+                log.exception("archive_before_unban_failed", ip=address)
+        removed = [name for name in candidates if await self._client.unban(name, [address]) > 0]
         log.info("unban_requested", jail=jail or "*", ip=address, removed_from=removed)
         return removed

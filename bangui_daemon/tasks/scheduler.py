@@ -8,6 +8,7 @@ serves RunTask; `poke` asks for an early run (after a ban through D-Bus, say).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -149,10 +150,8 @@ class Scheduler:
             delay = job.next_run - time.time()
             if delay > 0:
                 job.wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(job.wake.wait(), delay)
-                except TimeoutError:
-                    pass
                 continue
             if job.running:  # a RunTask call is running it; wait for the next slot
                 job.next_run = time.time() + job.interval

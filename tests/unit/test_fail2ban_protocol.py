@@ -1,0 +1,268 @@
+"""Wire format and reply parsers of fail2ban's control socket."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bangui_daemon.errors import Fail2banProtocolError, Fail2banUnavailable, InvalidArgument
+from bangui_daemon.fail2ban import protocol
+from bangui_daemon.fail2ban.protocol import END
+
+
+def remote_exception_pickle(module: str, name: str, message: str, code: int = 1) -> bytes:
+    """`(code, module.name(message))` as fail2ban pickles it, without importing fail2ban."""
+    text = message.encode()
+    return (
+        b"\x80\x02"  # PROTO 2
+        + b"K"
+        + bytes([code])  # BININT1 code
+        + b"c"
+        + module.encode()
+        + b"\n"
+        + name.encode()
+        + b"\n"  # GLOBAL
+        + b"X"
+        + struct.pack("<I", len(text))
+        + text  # BINUNICODE
+        + b"\x85"  # TUPLE1
+        + b"R"  # REDUCE
+        + b"\x86"  # TUPLE2
+        + b"."  # STOP
+    )
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.system, ("true",))
+
+
+# ------------------------------------------------------------------ requests
+
+
+def test_encode_command_is_pickled_list_plus_end() -> None:
+    frame = protocol.encode_command(["set", "sshd", "banip", "1.2.3.4"])
+    assert frame.endswith(END)
+    assert pickle.loads(frame[: -len(END)]) == ["set", "sshd", "banip", "1.2.3.4"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "1.2.3.4<F2B_END_COMMAND>",
+        "x<F2B_CLOSE_COMMAND>y",
+    ],
+)
+def test_encode_command_rejects_markers(bad: str) -> None:
+    with pytest.raises(InvalidArgument):
+        protocol.encode_command(["set", "sshd", "banip", bad])
+
+
+@pytest.mark.parametrize("bad", [1, b"1.2.3.4", None, ["a"]])
+def test_encode_command_rejects_non_str(bad: object) -> None:
+    with pytest.raises(InvalidArgument):
+        protocol.encode_command(["ping", bad])  # type: ignore[list-item]
+
+
+def test_encode_command_rejects_empty() -> None:
+    with pytest.raises(InvalidArgument):
+        protocol.encode_command([])
+
+
+# --------------------------------------------------------------- unpickling
+
+
+def test_safe_loads_accepts_builtins() -> None:
+    value = (0, [("a", 1), {"b": {1.5, 2}}, frozenset({3}), b"x", None, True])
+    assert protocol.safe_loads(pickle.dumps(value, protocol=5)) == value
+
+
+def test_safe_loads_accepts_builtin_exception() -> None:
+    obj = protocol.safe_loads(pickle.dumps((1, ValueError("not banned: ['1.1.1.1']"))))
+    assert isinstance(obj, tuple)
+    assert isinstance(obj[1], ValueError)
+    assert obj[1].args == ("not banned: ['1.1.1.1']",)
+
+
+def test_safe_loads_maps_fail2ban_exception_to_stand_in() -> None:
+    raw = remote_exception_pickle("fail2ban.exceptions", "UnknownJailException", "nosuchjail")
+    code, exc = protocol.interpret_reply(protocol.safe_loads(raw))
+    assert code == 1
+    assert isinstance(exc, protocol.RemoteError)
+    assert exc.remote_class == "fail2ban.exceptions.UnknownJailException"
+    assert protocol.describe_remote_error(exc) == ("UnknownJailException", "nosuchjail")
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("os", "system"),
+        ("posix", "system"),
+        ("builtins", "eval"),
+        ("builtins", "getattr"),
+        ("builtins", "object"),
+        ("subprocess", "Popen"),
+        ("fail2ban.server.server", "Server"),
+        ("builtins", "SystemExit"),
+    ],
+)
+def test_safe_loads_refuses_other_globals(module: str, name: str) -> None:
+    raw = remote_exception_pickle(module, name, "true", code=0)
+    with pytest.raises(protocol.ForbiddenGlobalError):
+        protocol.safe_loads(raw)
+    with pytest.raises(Fail2banProtocolError):
+        protocol.try_decode_frame(raw + END)
+
+
+def test_try_decode_frame_refuses_os_system_pickle() -> None:
+    frame = pickle.dumps((0, _Evil()), protocol=5) + END
+    with pytest.raises(Fail2banProtocolError, match="forbidden global"):
+        protocol.try_decode_frame(frame)
+
+
+def test_try_decode_frame_needs_more_when_end_is_inside_payload() -> None:
+    value = (0, "a<F2B_END_COMMAND>b")
+    full = pickle.dumps(value, protocol=5) + END
+    first = full[: full.index(END) + len(END)]
+    assert first != full
+    assert protocol.try_decode_frame(first) is None
+    assert protocol.try_decode_frame(full) == value
+
+
+def test_try_decode_frame_rejects_garbage_and_trailing_bytes() -> None:
+    with pytest.raises(Fail2banProtocolError):
+        protocol.try_decode_frame(b"\x00garbage" + END)
+    with pytest.raises(Fail2banProtocolError):
+        protocol.try_decode_frame(pickle.dumps((0, 1)) + b"xx" + END)
+    with pytest.raises(Fail2banProtocolError):
+        protocol.try_decode_frame(pickle.dumps((0, 1)))
+
+
+def test_try_decode_frame_size_cap() -> None:
+    frame = pickle.dumps((0, "x" * 1000)) + END
+    assert protocol.try_decode_frame(frame, limit=len(frame)) == (0, "x" * 1000)
+    with pytest.raises(Fail2banProtocolError, match="larger"):
+        protocol.try_decode_frame(frame, limit=len(frame) - 1)
+
+
+# ------------------------------------------------------------ reply shapes
+
+
+def test_interpret_reply_shapes() -> None:
+    assert protocol.interpret_reply((0, "pong")) == (0, "pong")
+    assert protocol.interpret_reply((0, None)) == (0, None)
+    code, exc = protocol.interpret_reply("ERROR: pickle data was truncated")
+    assert code == 1
+    assert isinstance(exc, protocol.RemoteError)
+    assert protocol.describe_remote_error(exc) == ("ERROR", "pickle data was truncated")
+    with pytest.raises(Fail2banUnavailable, match="shutting down"):
+        protocol.interpret_reply(["SHUTDOWN"])
+    for bad in ("pong", (2, "x"), (0,), (1, "not an exception"), None):
+        with pytest.raises(Fail2banProtocolError):
+            protocol.interpret_reply(bad)
+
+
+def test_describe_builtin_errors() -> None:
+    assert protocol.describe_remote_error(Exception("Invalid command")) == (
+        "Exception",
+        "Invalid command",
+    )
+    assert protocol.describe_remote_error(KeyError("sshd")) == ("KeyError", "sshd")
+
+
+# ------------------------------------------------------------------ parsers
+
+
+def test_parse_jail_list() -> None:
+    reply = [("Number of jail", 2), ("Jail list", "blocklist-import, sshd")]
+    assert protocol.parse_jail_list(reply) == ["blocklist-import", "sshd"]
+    assert protocol.parse_jail_list([("Number of jail", 0), ("Jail list", "")]) == []
+    with pytest.raises(Fail2banProtocolError):
+        protocol.parse_jail_list([("Number of jail", 0)])
+    with pytest.raises(Fail2banProtocolError):
+        protocol.parse_jail_list("sshd")
+
+
+def test_parse_jail_counts_full_and_short() -> None:
+    full = [
+        ("Filter", [("Currently failed", 2), ("Total failed", 5), ("File list", ["/l"])]),
+        (
+            "Actions",
+            [("Currently banned", 1), ("Total banned", 3), ("Banned IP list", ["1.2.3.4"])],
+        ),
+    ]
+    short = [
+        ("Filter", [("Currently failed", 2), ("Total failed", 5)]),
+        ("Actions", [("Currently banned", 1), ("Total banned", 3)]),
+    ]
+    assert protocol.parse_jail_counts(full) == (2, 5, 1, 3)
+    assert protocol.parse_jail_counts(short) == (2, 5, 1, 3)
+    with pytest.raises(Fail2banProtocolError):
+        protocol.parse_jail_counts([("Filter", []), ("Actions", [])])
+
+
+@pytest.fixture
+def utc() -> Iterator[None]:
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+@pytest.mark.usefixtures("utc")
+def test_parse_ban_with_time_in_utc() -> None:
+    line = "45.33.12.7 \t2026-11-23 17:37:13 + 3600 = 2026-11-23 18:37:13"
+    assert protocol.parse_ban_with_time(line) == ("45.33.12.7", 1795455433, 3600)
+
+
+@pytest.mark.usefixtures("utc")
+def test_parse_ban_with_time_permanent_and_ipv6() -> None:
+    # fail2ban prints the end of a permanent ban as the last second of year 9999.
+    line = "2001:db8::1 \t2026-11-23 17:37:13 + -1 = 9999-12-31 23:59:59"
+    assert protocol.parse_ban_with_time(line) == ("2001:db8::1", 1795455433, -1)
+
+
+def test_parse_ban_with_time_uses_local_time() -> None:
+    epoch = 1_780_000_000
+    start = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    line = f"1.2.3.4 \t{start} + 604800 = whatever"
+    assert protocol.parse_ban_with_time(line) == ("1.2.3.4", epoch, 604800)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "1.2.3.4",
+        "1.2.3.4 2026-11-23 17:37:13 + 1 = x",
+        "1.2.3.4 \t2026-13-45 17:37:13 + 1 = x",
+        "1.2.3.4 \t2026-11-23 17:37:13 + soon = x",
+        42,
+    ],
+)
+def test_parse_ban_with_time_rejects(bad: object) -> None:
+    with pytest.raises(Fail2banProtocolError):
+        protocol.parse_ban_with_time(bad)
+
+
+def test_parse_int_and_str_list() -> None:
+    assert protocol.parse_int(3, "x") == 3
+    assert protocol.parse_int(86400.0, "x") == 86400
+    for bad in (True, 1.5, "3", None):
+        with pytest.raises(Fail2banProtocolError):
+            protocol.parse_int(bad, "x")
+    assert protocol.parse_str_list(["a", "b"], "x") == ["a", "b"]
+    assert protocol.parse_str_list(("a",), "x") == ["a"]
+    with pytest.raises(Fail2banProtocolError):
+        protocol.parse_str_list(["a", 1], "x")
