@@ -17,8 +17,11 @@ from dbus_fast.aio import MessageBus
 
 from bangui_daemon.archive.db import Archive
 from bangui_daemon.archive.events_repo import EventsRepository
+from bangui_daemon.blocklist.importer import Importer
+from bangui_daemon.blocklist.policy import host_addresses
 from bangui_daemon.config import Config, load_config
 from bangui_daemon.dbus.auth import Authorizer, remember_message
+from bangui_daemon.dbus.blocklists import BlocklistsInterface
 from bangui_daemon.dbus.core import CoreInterface
 from bangui_daemon.dbus.history import HistoryInterface
 from bangui_daemon.dbus.names import BUS_NAME, OBJECT_PATH
@@ -29,12 +32,14 @@ from bangui_daemon.fail2ban.client import Fail2banClient
 from bangui_daemon.logging import configure_logging
 from bangui_daemon.notify import Notifier
 from bangui_daemon.services.bans import BanService
+from bangui_daemon.services.blocklists import BlocklistService
 from bangui_daemon.services.history import HistoryService
 from bangui_daemon.services.safety import SafetyPolicy
 from bangui_daemon.services.state import RUNNING, STOPPING, DaemonState
 from bangui_daemon.services.status import StatusService
-from bangui_daemon.tasks import ban_watch, history_purge, history_sync
+from bangui_daemon.tasks import ban_watch, blocklist_import, history_purge, history_sync
 from bangui_daemon.tasks.ban_watch import BanWatch
+from bangui_daemon.tasks.blocklist_import import BlocklistImport
 from bangui_daemon.tasks.history_purge import HistoryPurge
 from bangui_daemon.tasks.history_sync import HistorySync
 from bangui_daemon.tasks.scheduler import Scheduler
@@ -105,7 +110,8 @@ class Daemon:
             on_added=events.added,
         )
         await sync.load()
-        safety = SafetyPolicy(lambda: self.config)
+        # Resolving the host name may wait on DNS: keep it off the event loop.
+        safety = SafetyPolicy(lambda: self.config, await asyncio.to_thread(host_addresses))
         bans = BanService(
             client,
             self.state,
@@ -121,13 +127,28 @@ class Daemon:
             archived_events=lambda: _value(events.count),
             last_history_sync=lambda: _value(sync.last_sync),
         )
-        watch = BanWatch(bans, self.hub, [history.record_diff])
+        importer = Importer(
+            archive,
+            client,
+            self.hub,
+            lambda: self.config.blocklist,
+            lambda: self.config.fail2ban.timeout,
+            safety.host_addresses,
+        )
+        blocklists = BlocklistService(importer)
+        watch = BanWatch(bans, self.hub, [history.record_diff], quiet_jail=importer.quiet_jail)
         tasks = cfg.tasks
         scheduler.add(
             ban_watch.NAME, tasks.ban_watch, watch.run, timeout=cfg.fail2ban.timeout * 3, quiet=True
         )
         scheduler.add(history_sync.NAME, tasks.history_sync, sync.run, timeout=3600)
         scheduler.add(history_purge.NAME, tasks.history_purge, purge.run, timeout=3600)
+        scheduler.add(
+            blocklist_import.NAME,
+            tasks.blocklist_import,
+            BlocklistImport(blocklists).run,
+            timeout=6 * 3600,
+        )
 
         self.notifier.status("connecting to D-Bus")
         bus = bus_for(cfg)
@@ -140,8 +161,8 @@ class Daemon:
         auth = Authorizer(bus, lambda: self.config.dbus.admin_group)
         pump = SignalPump(bus)
         core = CoreInterface(self.state, bans, scheduler, status, auth)
-        history_iface = HistoryInterface(history)
-        for iface in (core, history_iface):
+        interfaces = (core, HistoryInterface(history), BlocklistsInterface(blocklists, auth))
+        for iface in interfaces:
             iface.connect_signals(pump)
             bus.export(OBJECT_PATH, iface)
         self.hub.subscribe(pump.publish)

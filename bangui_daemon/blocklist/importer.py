@@ -1,0 +1,305 @@
+"""The import workflow: exactly once per content, crash-safe, diff-based.
+
+1. download (conditional GET) and parse; refuse what must never be banned;
+2. claim the run for (source, content hash): a completed hash is "unchanged";
+3. ban only what this source adds and fail2ban does not have yet, in multi-IP
+   batches, writing the intent ('pending') before each banip and the result after;
+4. unban what this source dropped, only if no other source lists it and an import
+   banned it;
+5. in one transaction: store the new listing and mark the run completed.
+
+A crash anywhere leaves the run pending and fail2ban holding what was banned; the
+retry claims the same run, sees those addresses already banned and bans nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import structlog
+
+from bangui_daemon.archive.db import Archive
+from bangui_daemon.archive.import_runs_repo import ImportRunsRepository, complete_run
+from bangui_daemon.archive.listings_repo import ListingsRepository, replace_listing
+from bangui_daemon.archive.sources_repo import SourceRow, SourcesRepository
+from bangui_daemon.blocklist.fetch import FetchError, FetchResult, fetch
+from bangui_daemon.blocklist.parse import ParseResult, parse_blocklist
+from bangui_daemon.blocklist.policy import BanPolicy
+from bangui_daemon.config import BlocklistConfig
+from bangui_daemon.errors import BanguiError, InvalidArgument
+from bangui_daemon.events import EventHub, ImportFinished, ImportProgress, ImportStarted
+from bangui_daemon.fail2ban.client import Fail2banClient
+
+log = structlog.get_logger(__name__)
+
+PROGRESS_EVERY = 0.25  # seconds: ImportProgress at most about 4 a second
+SECONDS_PER_ENTRY = 0.05  # generous bound of one fail2ban action per address
+SAMPLE = 20
+COMPLETED, UNCHANGED, FAILED = "completed", "unchanged", "failed"
+
+
+@dataclass
+class ImportOutcome:
+    status: str
+    run_id: int = 0
+    content_hash: str = ""
+    entries: int = 0
+    added: int = 0
+    removed: int = 0
+    invalid: int = 0
+    refused: int = 0
+    error: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Preview:
+    entries: int
+    invalid: int
+    refused: int
+    sample: list[str]
+    refused_sample: list[str]
+
+
+class Importer:
+    """Runs imports of one source at a time (the service serialises per source)."""
+
+    def __init__(
+        self,
+        archive: Archive,
+        client: Fail2banClient,
+        hub: EventHub,
+        config: Callable[[], BlocklistConfig],
+        fail2ban_timeout: Callable[[], float],
+        host_addresses: Sequence[str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sources = SourcesRepository(archive)
+        self.runs = ImportRunsRepository(archive)
+        self.listings = ListingsRepository(archive)
+        self._archive = archive
+        self._client = client
+        self._hub = hub
+        self._config = config
+        self._f2b_timeout = fail2ban_timeout
+        self._host = list(host_addresses)
+        self._clock = clock
+        self._running = 0
+        self._quiet_until = 0.0
+
+    def quiet_jail(self) -> str | None:
+        """The jail whose changes must not become per-address signals right now."""
+        if self._running or self._clock() < self._quiet_until:
+            return self._config().jail
+        return None
+
+    # ---- download + parse + policy ------------------------------------------
+
+    async def _download(self, url: str, source: SourceRow | None) -> FetchResult:
+        cfg = self._config()
+        return await fetch(
+            url,
+            max_bytes=cfg.max_bytes,
+            timeout=cfg.timeout,
+            file_dir=cfg.file_dir,
+            etag=source.etag if source else None,
+            last_modified=source.last_modified if source else None,
+        )
+
+    async def _parse(self, chunks: Sequence[bytes]) -> ParseResult:
+        cfg = self._config()
+        return await asyncio.to_thread(
+            parse_blocklist, chunks, min_count=cfg.ipsum_min_count, max_entries=cfg.max_entries
+        )
+
+    async def _policy(self, jail: str) -> BanPolicy:
+        cfg = self._config()
+        return BanPolicy(
+            min_prefix_v4=cfg.min_prefix_v4,
+            min_prefix_v6=cfg.min_prefix_v6,
+            allowlist=cfg.allowlist,
+            host_addresses=self._host,
+            ignoreip=await self._client.ignoreip(jail),
+        )
+
+    async def preview(self, url: str) -> Preview:
+        """A dry run: what an import of `url` would ban and refuse; nothing is stored."""
+        jail = self._config().jail
+        result = await self._download(url, None)
+        parsed = await self._parse(result.chunks)
+        allowed, refused = (await self._policy(jail)).partition(parsed.entries)
+        return Preview(
+            entries=len(parsed.entries),
+            invalid=parsed.invalid,
+            refused=len(refused),
+            sample=allowed[:SAMPLE],
+            refused_sample=[f"{entry} ({reason})" for entry, reason in refused[:SAMPLE]],
+        )
+
+    # ---- import -------------------------------------------------------------
+
+    async def import_source(self, source: SourceRow) -> ImportOutcome:
+        """Import one source; never raises for a bad list, returns "failed" instead."""
+        self._running += 1
+        try:
+            return await self._import(source)
+        finally:
+            self._running -= 1
+            self._quiet_until = self._clock() + 5.0
+
+    async def _import(self, source: SourceRow) -> ImportOutcome:
+        now = int(self._clock())
+        jail = self._config().jail
+        log_ = log.bind(source_id=source.id, source=source.name)
+        try:
+            if jail not in await self._client.jails():
+                raise InvalidArgument(f"the blocklist jail {jail!r} is not configured in fail2ban")
+            result = await self._download(source.url, source)
+            if result.not_modified:
+                await self.sources.record_outcome(source.id, now, UNCHANGED, source.last_imported)
+                log_.info("blocklist_not_modified")
+                return ImportOutcome(UNCHANGED)
+            parsed = await self._parse(result.chunks)
+            allowed, refused = (await self._policy(jail)).partition(parsed.entries)
+        except (BanguiError, FetchError) as exc:
+            await self.sources.record_outcome(source.id, now, FAILED, 0, error=str(exc))
+            log_.warning("blocklist_import_failed", stage="download", error=str(exc))
+            return ImportOutcome(FAILED, error=str(exc))
+
+        outcome = ImportOutcome(
+            COMPLETED,
+            content_hash=parsed.content_hash,
+            entries=len(parsed.entries),
+            invalid=parsed.invalid,
+            refused=len(refused),
+        )
+        claim = await self.runs.claim(source.id, parsed.content_hash, now)
+        outcome.run_id = claim.run_id
+        if claim.already_completed:
+            outcome.status = UNCHANGED
+            await self.sources.record_outcome(
+                source.id, now, UNCHANGED, 0, etag=result.etag, last_modified=result.last_modified
+            )
+            log_.info("blocklist_import_unchanged", run_id=claim.run_id)
+            return outcome
+
+        self._hub.publish(ImportStarted(source.id, claim.run_id))
+        log_.info("blocklist_import_started", run_id=claim.run_id, entries=len(allowed))
+        try:
+            await self._apply(source.id, claim.run_id, jail, set(allowed), outcome)
+        except BanguiError as exc:
+            outcome.status, outcome.error = FAILED, str(exc)
+            await self.runs.fail(claim.run_id, str(exc), int(self._clock()), _counts(outcome))
+            await self.sources.record_outcome(
+                source.id, int(self._clock()), FAILED, outcome.added, error=str(exc)
+            )
+            log_.warning(
+                "blocklist_import_failed", stage="apply", run_id=claim.run_id, error=str(exc)
+            )
+        else:
+            await self.sources.record_outcome(
+                source.id,
+                int(self._clock()),
+                COMPLETED,
+                outcome.added,
+                etag=result.etag,
+                last_modified=result.last_modified,
+            )
+            log_.info("blocklist_import_completed", **_counts(outcome), run_id=claim.run_id)
+        self._hub.publish(ImportFinished(source.id, outcome.status, outcome.added, outcome.removed))
+        return outcome
+
+    async def _apply(
+        self, source_id: int, run_id: int, jail: str, wanted: set[str], outcome: ImportOutcome
+    ) -> None:
+        previous = await self.listings.entries(source_id)
+        ours = await self.listings.import_bans()
+        banned_now = set(await self._client.banned(jail))
+        # Banned by an earlier, interrupted attempt of ours: claim them, do not resend.
+        recovered = sorted(e for e in wanted if ours.get(e) == "pending" and e in banned_now)
+        if recovered:
+            await self.listings.mark_banned(recovered)
+        to_ban = sorted(wanted - banned_now)
+        dropped = previous - wanted
+        kept_by_others = await self.listings.listed_elsewhere(source_id, dropped)
+        to_unban = sorted(
+            e
+            for e in dropped - kept_by_others
+            if ours.get(e) == "banned" or (ours.get(e) == "pending" and e in banned_now)
+        )
+        progress = _Progress(self._hub, source_id, len(to_ban) + len(to_unban), self._clock)
+        batch = self._config().batch_size
+        call_timeout = self._f2b_timeout() + batch * SECONDS_PER_ENTRY
+        now = int(self._clock())
+        for start in range(0, len(to_ban), batch):
+            chunk = to_ban[start : start + batch]
+            await self.listings.mark_pending(chunk, jail, run_id, now)
+            outcome.added += await self._client.ban(jail, chunk, timeout=call_timeout)
+            await self.listings.mark_banned(chunk)
+            progress.advance(len(chunk))
+        # Entries already forgotten by an interrupted attempt are not in `ours`; the
+        # unban below is idempotent for the rest.
+        for start in range(0, len(to_unban), batch):
+            chunk = to_unban[start : start + batch]
+            outcome.removed += await self._client.unban(jail, chunk, timeout=call_timeout)
+            await self.listings.forget_bans(chunk)
+            progress.advance(len(chunk))
+        progress.finish()
+        async with self._archive.write() as conn:
+            await replace_listing(
+                conn, source_id, sorted(wanted - previous), sorted(previous - wanted)
+            )
+            await complete_run(conn, run_id, int(self._clock()), _counts(outcome))
+
+    async def remove_source(self, source: SourceRow) -> int:
+        """Unban what only this source listed (and an import banned), then delete it."""
+        jail = self._config().jail
+        listed = await self.listings.entries(source.id)
+        ours = await self.listings.import_bans()
+        kept = await self.listings.listed_elsewhere(source.id, listed)
+        to_unban = sorted(e for e in listed - kept if e in ours)
+        removed = 0
+        batch = self._config().batch_size
+        for start in range(0, len(to_unban), batch):
+            removed += await self._client.unban(
+                jail,
+                to_unban[start : start + batch],
+                timeout=self._f2b_timeout() + batch * SECONDS_PER_ENTRY,
+            )
+        await self.listings.remove_source(source.id, to_unban)
+        log.info("blocklist_source_removed", source_id=source.id, unbanned=removed)
+        return removed
+
+
+class _Progress:
+    """ImportProgress signals, throttled to about 4 a second."""
+
+    def __init__(self, hub: EventHub, source_id: int, total: int, clock: Callable[[], float]):
+        self._hub, self._source_id, self._total, self._clock = hub, source_id, total, clock
+        self._done = 0
+        self._last = 0.0
+
+    def advance(self, n: int) -> None:
+        self._done += n
+        now = self._clock()
+        if now - self._last >= PROGRESS_EVERY:
+            self._last = now
+            self._hub.publish(ImportProgress(self._source_id, self._done, self._total))
+
+    def finish(self) -> None:
+        self._hub.publish(ImportProgress(self._source_id, self._done, self._total))
+
+
+def _counts(o: ImportOutcome) -> dict[str, int]:
+    return {
+        "entries": o.entries,
+        "added": o.added,
+        "removed": o.removed,
+        "invalid": o.invalid,
+        "refused": o.refused,
+    }
