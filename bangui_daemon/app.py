@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from dataclasses import replace
 
 import structlog
@@ -17,29 +18,43 @@ from dbus_fast.aio import MessageBus
 
 from bangui_daemon.archive.db import Archive
 from bangui_daemon.archive.events_repo import EventsRepository
+from bangui_daemon.archive.geo_repo import GeoCacheRepository
 from bangui_daemon.blocklist.importer import Importer
 from bangui_daemon.blocklist.policy import host_addresses
 from bangui_daemon.config import Config, load_config
 from bangui_daemon.dbus.auth import Authorizer, remember_message
 from bangui_daemon.dbus.blocklists import BlocklistsInterface
 from bangui_daemon.dbus.core import CoreInterface
+from bangui_daemon.dbus.geo import GeoInterface
 from bangui_daemon.dbus.history import HistoryInterface
 from bangui_daemon.dbus.names import BUS_NAME, OBJECT_PATH
 from bangui_daemon.dbus.signals import SignalPump
 from bangui_daemon.errors import BanguiError, ConfigError
 from bangui_daemon.events import EventHub
 from bangui_daemon.fail2ban.client import Fail2banClient
+from bangui_daemon.geo.http_fallback import HttpGeoFallback
+from bangui_daemon.geo.lookup import MmdbResolver
 from bangui_daemon.logging import configure_logging
 from bangui_daemon.notify import Notifier
 from bangui_daemon.services.bans import BanService
 from bangui_daemon.services.blocklists import BlocklistService
+from bangui_daemon.services.geo import GeoService
 from bangui_daemon.services.history import HistoryService
 from bangui_daemon.services.safety import SafetyPolicy
 from bangui_daemon.services.state import RUNNING, STOPPING, DaemonState
 from bangui_daemon.services.status import StatusService
-from bangui_daemon.tasks import ban_watch, blocklist_import, history_purge, history_sync
+from bangui_daemon.tasks import (
+    ban_watch,
+    blocklist_import,
+    geo_cache_cleanup,
+    geo_resolve,
+    history_purge,
+    history_sync,
+)
 from bangui_daemon.tasks.ban_watch import BanWatch
 from bangui_daemon.tasks.blocklist_import import BlocklistImport
+from bangui_daemon.tasks.geo_cache_cleanup import GeoCacheCleanup
+from bangui_daemon.tasks.geo_resolve import GeoResolve
 from bangui_daemon.tasks.history_purge import HistoryPurge
 from bangui_daemon.tasks.history_sync import HistorySync
 from bangui_daemon.tasks.scheduler import Scheduler
@@ -47,6 +62,7 @@ from bangui_daemon.tasks.scheduler import Scheduler
 log = structlog.get_logger(__name__)
 
 STATUS_EVERY = 10.0
+GEO_RECENT = 7 * 86400  # archived addresses younger than this are kept resolved
 STOP_BUDGET = 4.0  # systemd and the tests expect an exit within 5 s of SIGTERM
 
 
@@ -111,6 +127,14 @@ class Daemon:
         )
         await sync.load()
         # Resolving the host name may wait on DNS: keep it off the event loop.
+        resolver = MmdbResolver(cfg.geo.country_db, cfg.geo.asn_db)
+        fallback = (
+            HttpGeoFallback(cfg.geo.http_fallback_url, cfg.geo.http_fallback_rate_per_minute)
+            if cfg.geo.http_fallback
+            else None
+        )
+        geo = GeoService(GeoCacheRepository(archive), resolver, fallback, hub=self.hub)
+        await geo.load()
         safety = SafetyPolicy(lambda: self.config, await asyncio.to_thread(host_addresses))
         bans = BanService(
             client,
@@ -126,7 +150,14 @@ class Daemon:
             bans,
             archived_events=lambda: _value(events.count),
             last_history_sync=lambda: _value(sync.last_sync),
+            geo_cache_entries=lambda: _value(geo.entries),
         )
+
+        async def geo_addresses() -> list[str]:
+            # Banned first: they get the HTTP fallback's quota first.
+            recent = await events.distinct_ips_since(int(time.time()) - GEO_RECENT, 20_000)
+            return bans.banned_ips() + recent
+
         importer = Importer(
             archive,
             client,
@@ -149,6 +180,15 @@ class Daemon:
             BlocklistImport(blocklists).run,
             timeout=6 * 3600,
         )
+        scheduler.add(
+            geo_resolve.NAME, tasks.geo_resolve, GeoResolve(geo, geo_addresses).run, timeout=600
+        )
+        scheduler.add(
+            geo_cache_cleanup.NAME,
+            tasks.geo_cache_cleanup,
+            GeoCacheCleanup(geo, lambda: self.config.geo.retention_days).run,
+            timeout=3600,
+        )
 
         self.notifier.status("connecting to D-Bus")
         bus = bus_for(cfg)
@@ -160,8 +200,13 @@ class Daemon:
         bus.add_message_handler(remember_message)
         auth = Authorizer(bus, lambda: self.config.dbus.admin_group)
         pump = SignalPump(bus)
-        core = CoreInterface(self.state, bans, scheduler, status, auth)
-        interfaces = (core, HistoryInterface(history), BlocklistsInterface(blocklists, auth))
+        core = CoreInterface(self.state, bans, scheduler, status, auth, geo=geo.fields)
+        interfaces = (
+            core,
+            HistoryInterface(history),
+            BlocklistsInterface(blocklists, auth),
+            GeoInterface(geo),
+        )
         for iface in interfaces:
             iface.connect_signals(pump)
             bus.export(OBJECT_PATH, iface)
@@ -171,6 +216,9 @@ class Daemon:
             bus.disconnect()
             raise StartupError(f"{BUS_NAME} is already owned on the bus by another process")
         pump.start()
+        # One bounded refresh first, so READY comes with a true State and jail list.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(bans.refresh(), cfg.fail2ban.timeout)
         scheduler.start()
         self.state.set_phase(RUNNING)
         self.notifier.ready(f"serving {BUS_NAME}")
@@ -200,6 +248,11 @@ class Daemon:
         if exit_code == 0:
             await pump.flush(STOP_BUDGET / 4)
         await pump.stop()
+        with contextlib.suppress(Exception):
+            await geo.flush()
+        if fallback is not None:
+            await fallback.close()
+        resolver.close()
         await client.close()
         if exit_code == 0:
             bus.disconnect()

@@ -89,6 +89,10 @@ class BanService:
             for name, c in sorted(self._counts.items())
         ]
 
+    def banned_ips(self) -> list[str]:
+        """Every address banned in any jail (for geo resolving)."""
+        return sorted({ip for per_jail in self._bans.values() for ip in per_jail})
+
     def active_bans(self) -> int:
         return sum(len(b) for b in self._bans.values())
 
