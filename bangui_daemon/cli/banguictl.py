@@ -409,6 +409,10 @@ async def cmd_status(ctx: Context) -> int:
         "archived_events",
         "last_history_sync",
         "geo_cache_entries",
+        # shown from the properties above, or derived from them
+        "state",
+        "started_at",
+        "uptime",
     )
 
     def text() -> str:
@@ -962,6 +966,9 @@ async def cmd_watch(ctx: Context) -> int:
         queue.put_nowait((interface, member, args))
 
     await ctx.client.subscribe(on_signal)
+    # Said once the match rule is in place, so a script knows no signal can be missed.
+    ctx.err.write(f"{PROG}: watching {BUS_NAME} signals\n")
+    ctx.err.flush()
     if not await ctx.client.daemon_running():
         ctx.err.write(f"{PROG}: note: {BUS_NAME} is not on the bus yet; waiting for it\n")
         ctx.err.flush()
