@@ -1,0 +1,163 @@
+"""Builds every repository, client, service and task the daemon runs.
+
+Kept apart from the lifecycle (app.py) and from the D-Bus edge (dbus/server.py):
+this is the one place that knows which piece needs which. Every component reads
+settings through `config()`, so a SIGHUP reload reaches it without a rebuild.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bangui_daemon.archive.db import Archive
+from bangui_daemon.archive.events_repo import EventsRepository
+from bangui_daemon.archive.geo_repo import GeoCacheRepository
+from bangui_daemon.blocklist.importer import Importer
+from bangui_daemon.blocklist.policy import host_addresses
+from bangui_daemon.config import Config
+from bangui_daemon.events import EventHub
+from bangui_daemon.fail2ban.client import Fail2banClient
+from bangui_daemon.geo.http_fallback import HttpGeoFallback
+from bangui_daemon.geo.lookup import MmdbResolver
+from bangui_daemon.services.bans import BanService
+from bangui_daemon.services.blocklists import BlocklistService
+from bangui_daemon.services.geo import GeoService
+from bangui_daemon.services.history import HistoryService
+from bangui_daemon.services.safety import SafetyPolicy
+from bangui_daemon.services.state import DaemonState
+from bangui_daemon.services.status import StatusService
+from bangui_daemon.tasks import (
+    ban_watch,
+    blocklist_import,
+    geo_cache_cleanup,
+    geo_resolve,
+    history_purge,
+    history_sync,
+)
+from bangui_daemon.tasks.ban_watch import BanWatch
+from bangui_daemon.tasks.blocklist_import import BlocklistImport
+from bangui_daemon.tasks.geo_cache_cleanup import GeoCacheCleanup
+from bangui_daemon.tasks.geo_resolve import GeoResolve
+from bangui_daemon.tasks.history_purge import HistoryPurge
+from bangui_daemon.tasks.history_sync import HistorySync
+from bangui_daemon.tasks.scheduler import Scheduler
+
+GEO_RECENT = 7 * 86400  # archived addresses younger than this are kept resolved
+GEO_RECENT_LIMIT = 20_000
+
+
+@dataclass
+class Components:
+    """Everything the D-Bus edge and the lifecycle need to reach."""
+
+    archive: Archive
+    client: Fail2banClient
+    scheduler: Scheduler
+    bans: BanService
+    status: StatusService
+    history: HistoryService
+    blocklists: BlocklistService
+    geo: GeoService
+    resolver: MmdbResolver
+    fallback: HttpGeoFallback | None
+
+    async def close(self) -> None:
+        """Persist what is pending and release files and sockets (after the tasks stop)."""
+        with contextlib.suppress(Exception):
+            await self.geo.flush()
+        if self.fallback is not None:
+            await self.fallback.close()
+        self.resolver.close()
+        await self.client.close()
+        await self.archive.close()
+
+
+async def _value(value: int) -> int:
+    return value
+
+
+async def build(config: Callable[[], Config], hub: EventHub, state: DaemonState) -> Components:
+    """Open the archive (migrating it) and build the rest on top of it."""
+    cfg = config()
+    archive = await Archive.open(cfg.archive.path)
+    client = Fail2banClient(cfg.fail2ban.socket, cfg.fail2ban.timeout)
+    scheduler = Scheduler(hub, state.task_result)
+
+    events = EventsRepository(archive)
+    await events.load()
+    sync = HistorySync(
+        archive,
+        lambda: config().fail2ban.database,
+        lambda: config().blocklist.jail,
+        hub,
+        on_added=events.added,
+    )
+    await sync.load()
+
+    resolver = MmdbResolver(cfg.geo.country_db, cfg.geo.asn_db)
+    fallback = (
+        HttpGeoFallback(cfg.geo.http_fallback_url, cfg.geo.http_fallback_rate_per_minute)
+        if cfg.geo.http_fallback
+        else None
+    )
+    geo = GeoService(GeoCacheRepository(archive), resolver, fallback, hub=hub)
+    await geo.load()
+
+    # Resolving the host name may wait on DNS: keep it off the event loop.
+    safety = SafetyPolicy(config, await asyncio.to_thread(host_addresses))
+    bans = BanService(
+        client,
+        state,
+        lambda: config().blocklist.jail,
+        safety.checker,
+        before_unban=sync.capture_ip,
+    )
+    history = HistoryService(events, bans.origin, lambda: scheduler.poke(history_sync.NAME))
+    status = StatusService(
+        state,
+        bans,
+        archived_events=lambda: _value(events.count),
+        last_history_sync=lambda: _value(sync.last_sync),
+        geo_cache_entries=lambda: _value(geo.entries),
+    )
+    importer = Importer(
+        archive,
+        client,
+        hub,
+        lambda: config().blocklist,
+        lambda: config().fail2ban.timeout,
+        safety.host_addresses,
+    )
+    blocklists = BlocklistService(importer)
+
+    async def geo_addresses() -> list[str]:
+        # Banned first: they get the HTTP fallback's quota first.
+        since = int(time.time()) - GEO_RECENT
+        return bans.banned_ips() + await events.distinct_ips_since(since, GEO_RECENT_LIMIT)
+
+    watch = BanWatch(bans, hub, [history.record_diff], quiet_jail=importer.quiet_jail)
+    tasks = cfg.tasks
+    scheduler.add(
+        ban_watch.NAME, tasks.ban_watch, watch.run, timeout=cfg.fail2ban.timeout * 3, quiet=True
+    )
+    scheduler.add(history_sync.NAME, tasks.history_sync, sync.run, timeout=3600)
+    purge = HistoryPurge(events, lambda: config().archive.retention_days)
+    scheduler.add(history_purge.NAME, tasks.history_purge, purge.run, timeout=3600)
+    scheduler.add(
+        blocklist_import.NAME,
+        tasks.blocklist_import,
+        BlocklistImport(blocklists).run,
+        timeout=6 * 3600,
+    )
+    scheduler.add(
+        geo_resolve.NAME, tasks.geo_resolve, GeoResolve(geo, geo_addresses).run, timeout=600
+    )
+    cleanup = GeoCacheCleanup(geo, lambda: config().geo.retention_days)
+    scheduler.add(geo_cache_cleanup.NAME, tasks.geo_cache_cleanup, cleanup.run, timeout=3600)
+    return Components(
+        archive, client, scheduler, bans, status, history, blocklists, geo, resolver, fallback
+    )
