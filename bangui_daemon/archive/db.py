@@ -8,6 +8,7 @@ transaction serialised by a lock, so a crash leaves either all or nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -69,17 +70,16 @@ class Archive:
         try:
             await writer.execute("PRAGMA journal_mode=WAL")
             await _migrate(writer, bundled_migrations() if migrations is None else migrations)
-            reader = await _connect(path)
+            reader = await _connect(path, query_only=True)
         except BaseException:
-            await writer.close()
+            await _close(writer)
             raise
-        await reader.execute("PRAGMA query_only=ON")
         return cls(path, writer, reader)
 
     async def close(self) -> None:
         """Close both connections; the WAL is checkpointed by sqlite on the last close."""
-        await self._reader.close()
-        await self._writer.close()
+        await _close(self._reader)
+        await _close(self._writer)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -104,11 +104,11 @@ class Archive:
     ) -> AsyncIterator[aiosqlite.Connection]:
         """A short-lived extra connection (URI names allowed, e.g. to ATTACH read-only)."""
         conn = await _connect(self.path, uri=True)
-        await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         try:
+            await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             yield conn
         finally:
-            await conn.close()
+            await _close(conn)
 
     async def reader_function(self, name: str, nargs: int, fn: Any) -> None:
         """Register a deterministic SQL function on the reader connection."""
@@ -135,13 +135,44 @@ class Archive:
         return int(await self.scalar("SELECT version FROM schema_version") or 0)
 
 
-async def _connect(path: str, *, uri: bool = False) -> aiosqlite.Connection:
+async def _connect(
+    path: str, *, uri: bool = False, query_only: bool = False
+) -> aiosqlite.Connection:
     # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
-    conn = await aiosqlite.connect(path, isolation_level=None, timeout=30.0, uri=uri)
-    await conn.execute("PRAGMA foreign_keys=ON")
-    await conn.execute("PRAGMA synchronous=NORMAL")
-    await conn.execute("PRAGMA busy_timeout=30000")
+    async def opened() -> aiosqlite.Connection:
+        return await aiosqlite.connect(path, isolation_level=None, timeout=30.0, uri=uri)
+
+    opening = asyncio.ensure_future(opened())
+    try:
+        conn = await asyncio.shield(opening)
+    except asyncio.CancelledError:  # let the thread come up, then shut it down
+        with contextlib.suppress(Exception):
+            await _close(await opening)
+        raise
+    try:
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.execute("PRAGMA busy_timeout=30000")
+        if query_only:
+            await conn.execute("PRAGMA query_only=ON")
+    except BaseException:
+        await _close(conn)
+        raise
     return conn
+
+
+async def _close(conn: aiosqlite.Connection) -> None:
+    """Close even when the caller is being cancelled.
+
+    aiosqlite runs each connection in a non-daemon thread (0.17 on Debian): one left
+    open keeps the interpreter from exiting after SIGTERM.
+    """
+    closing = asyncio.ensure_future(conn.close())
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        await closing
+        raise
 
 
 async def _current_version(conn: aiosqlite.Connection) -> int:

@@ -234,9 +234,7 @@ def test_ban_storm_is_coalesced_and_daemon_stays_connected(
         f2b.client("set", "storm", "banip", *ips[start : start + 500])
 
     def added_so_far() -> int:
-        return sum(
-            int(m.args[0].split()[-1]) for m in mon.signals("BansChanged") if m.args
-        )
+        return sum(int(m.args[0].split()[-1]) for m in mon.signals("BansChanged") if m.args)
 
     poll(lambda: added_so_far() >= 2000, 20)
     assert added_so_far() == 2000
@@ -258,9 +256,7 @@ def test_ready_status_and_sigterm(daemon: DaemonProcess) -> None:
     assert any(n.fields.get("STOPPING") == "1" for n in daemon.notifications)
 
 
-def test_sighup_reloads_intervals(
-    daemon: DaemonProcess, busctl: Runner
-) -> None:
+def test_sighup_reloads_intervals(daemon: DaemonProcess, busctl: Runner) -> None:
     daemon.config_path.write_text(
         daemon.config_path.read_text().replace("history_purge = 86400", "history_purge = 4321")
     )
@@ -271,3 +267,12 @@ def test_sighup_reloads_intervals(
         return int(next(t["interval"] for t in tasks if t["name"] == "history_purge"))
 
     poll(lambda: purge_interval() == 4321, 5)
+
+
+def test_sigterm_right_after_ready_exits_cleanly(daemon: DaemonProcess) -> None:
+    """The first runs of every task are under way then: nothing may keep the process."""
+    for _ in range(3):
+        started = time.monotonic()
+        assert daemon.stop(SIGTERM, timeout=5) == 0
+        assert time.monotonic() - started < 5
+        daemon.restart()
