@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dbus_fast import Message, MessageType  # noqa: E402
-from dbus_fast.aio import MessageBus  # noqa: E402
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
 
-from tests.harness import DaemonProcess, F2bSandbox, PrivateSystemBus  # noqa: E402
+from tests.harness import DaemonProcess, F2bSandbox, PrivateSystemBus
 
 DEST, PATH, CORE = "org.bangui.Daemon1", "/org/bangui/Daemon1", "org.bangui.Daemon1"
 
@@ -50,14 +50,20 @@ async def bus_figures(address: str, calls: int) -> dict[str, list[float]]:
     bus = await MessageBus(bus_address=address).connect()
 
     async def get_status() -> None:
-        reply = await bus.call(Message(destination=DEST, path=PATH, interface=CORE, member="GetStatus"))
-        assert reply is not None and reply.message_type == MessageType.METHOD_RETURN
+        reply = await bus.call(
+            Message(destination=DEST, path=PATH, interface=CORE, member="GetStatus")
+        )
+        assert reply is not None
+        assert reply.message_type == MessageType.METHOD_RETURN
 
     async def ping() -> None:
         reply = await bus.call(
-            Message(destination=DEST, path=PATH, interface="org.freedesktop.DBus.Peer", member="Ping")
+            Message(
+                destination=DEST, path=PATH, interface="org.freedesktop.DBus.Peer", member="Ping"
+            )
         )
-        assert reply is not None and reply.message_type == MessageType.METHOD_RETURN
+        assert reply is not None
+        assert reply.message_type == MessageType.METHOD_RETURN
 
     figures = {"ping": await timed(calls, ping), "get_status": await timed(calls, get_status)}
     bus.disconnect()
@@ -68,7 +74,9 @@ def f2b_client_figures(socket: Path, runs: int) -> list[float]:
     out = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(["fail2ban-client", "-s", str(socket), "status"], check=True, capture_output=True)
+        subprocess.run(
+            ["fail2ban-client", "-s", str(socket), "status"], check=True, capture_output=True
+        )
         out.append(time.perf_counter() - start)
     return out
 
@@ -78,10 +86,13 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--processes", type=int, default=100)
     args = parser.parse_args()
-    with F2bSandbox() as f2b, PrivateSystemBus() as bus:
-        with DaemonProcess.from_sandbox(f2b, bus, {"log": {"level": "info"}}):
-            figures = asyncio.run(bus_figures(bus.address, args.calls))
-            figures["fail2ban_client"] = f2b_client_figures(f2b.socket_path, args.processes)
+    with (
+        F2bSandbox() as f2b,
+        PrivateSystemBus() as bus,
+        DaemonProcess.from_sandbox(f2b, bus, {"log": {"level": "info"}}),
+    ):
+        figures = asyncio.run(bus_figures(bus.address, args.calls))
+        figures["fail2ban_client"] = f2b_client_figures(f2b.socket_path, args.processes)
     rows = {name: summary(samples) for name, samples in figures.items()}
     print(f"{'what':<34}{'n':>6}{'median ms':>12}{'p99 ms':>10}")
     labels = {

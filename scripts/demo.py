@@ -32,7 +32,11 @@ def banguictl(address: str, *args: str, check: bool = True) -> str:
     print(f"\n$ banguictl {' '.join(args)}", flush=True)
     result = subprocess.run(
         [sys.executable, "-m", "bangui_daemon.cli.banguictl", "--bus", address, *args],
-        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     print(result.stdout, end="", flush=True)
@@ -50,7 +54,10 @@ def main() -> int:
     shutil.copy(GEOIP / "GeoLite2-Country-Test.mmdb", geo / "GeoLite2-Country.mmdb")
     shutil.copy(GEOIP / "GeoLite2-ASN-Test.mmdb", geo / "GeoLite2-ASN.mmdb")
     config = {
-        "geo": {"country_db": str(geo / "GeoLite2-Country.mmdb"), "asn_db": str(geo / "GeoLite2-ASN.mmdb")},
+        "geo": {
+            "country_db": str(geo / "GeoLite2-Country.mmdb"),
+            "asn_db": str(geo / "GeoLite2-ASN.mmdb"),
+        },
         "tasks": {"ban_watch": 1, "geo_resolve": 2, "history_sync": 5},
         "log": {"level": "info", "format": "logfmt"},
     }
@@ -62,12 +69,26 @@ def main() -> int:
             address = bus.address
             banguictl(address, "status")
             watch = subprocess.Popen(
-                [sys.executable, "-m", "bangui_daemon.cli.banguictl", "--bus", address,
-                 "watch", "--count", "1", "--filter", "BanAdded"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                [
+                    sys.executable,
+                    "-m",
+                    "bangui_daemon.cli.banguictl",
+                    "--bus",
+                    address,
+                    "watch",
+                    "--count",
+                    "1",
+                    "--filter",
+                    "BanAdded",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
                 env={**os.environ, "PYTHONPATH": str(REPO)},
             )
-            assert watch.stdout is not None and watch.stderr is not None
+            assert watch.stdout is not None
+            assert watch.stderr is not None
             watch.stderr.readline()  # "watching ...": its subscription is in place
             banguictl(address, "jails")
             print(f"\n== writing 4 failed ssh logins from {ATTACKER} into fail2ban's log")

@@ -54,12 +54,15 @@ def test_fail2ban_ban_is_signalled_listed_and_unbanned_over_dbus(
     started = time.monotonic()
     line = mon.wait_for("BanAdded", timeout=5)
     assert time.monotonic() - started < 5
-    assert '"sshd"' in line and '"45.33.12.7"' in line
+    assert '"sshd"' in line
+    assert '"45.33.12.7"' in line
     assert "45.33.12.7" in banned_ips(busctl, "sshd")
     bans, total = call(busctl, CORE, "ListBans", "suu", "sshd", "0", "10")
     (ban,) = [b for b in bans if b["ip"] == "45.33.12.7"]
-    assert ban["origin"] == "selfblock" and ban["bantime"] == 3600
-    assert ban["expires"] == ban["timeofban"] + 3600 and total == 1
+    assert ban["origin"] == "selfblock"
+    assert ban["bantime"] == 3600
+    assert ban["expires"] == ban["timeofban"] + 3600
+    assert total == 1
 
     (removed,) = call(busctl, CORE, "UnbanIp", "ss", "", "45.33.12.7")
     assert removed == 1
@@ -76,7 +79,8 @@ def test_ban_from_failed_logins_reaches_listbans(
     poll(lambda: "45.33.12.8" in banned_ips(busctl), 5)
     (jails,) = call(busctl, CORE, "ListJails")
     sshd = next(j for j in jails if j["name"] == "sshd")
-    assert sshd["currently_banned"] == 1 and sshd["total_failed"] >= 4
+    assert sshd["currently_banned"] == 1
+    assert sshd["total_failed"] >= 4
 
 
 def test_status_properties_and_tasks(daemon: DaemonProcess, busctl: Runner) -> None:
@@ -93,7 +97,8 @@ def test_status_properties_and_tasks(daemon: DaemonProcess, busctl: Runner) -> N
     names = {t["name"] for t in tasks}
     assert {"ban_watch", "history_sync", "history_purge", "blocklist_import"} <= names
     (result,) = call(busctl, CORE, "RunTask", "s", "ban_watch")
-    assert result["status"] == "ok" and result["name"] == "ban_watch"
+    assert result["status"] == "ok"
+    assert result["name"] == "ban_watch"
 
 
 def test_unknown_task_is_not_found(daemon: DaemonProcess, gdbus: Runner) -> None:
