@@ -75,7 +75,8 @@ def _text_prefix(network: str) -> str | None:
     net = ipaddress.ip_network(network)
     if net.version != 4 or net.prefixlen < 8:
         return None
-    octets = str(net.network_address).split(".")[: net.prefixlen // 8]
+    # at most three octets: a /32's four would need a dot after the last one
+    octets = str(net.network_address).split(".")[: min(net.prefixlen // 8, 3)]
     return ".".join(octets) + "."
 
 

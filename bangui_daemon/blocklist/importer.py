@@ -10,11 +10,18 @@
 
 A crash anywhere leaves the run pending and fail2ban holding what was banned; the
 retry claims the same run, sees those addresses already banned and bans nothing twice.
+
+Test-only: with ``BANGUI_TEST_CRASH_AT`` set to ``after_download``, ``mid_ban`` or
+``before_complete`` the process SIGKILLs itself at that point of an import (see
+`_test_crash`); the integration tests use it to crash where no outside signal can
+aim. Unset (always, outside those tests) it does nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -39,6 +46,13 @@ PROGRESS_EVERY = 0.25  # seconds: ImportProgress at most about 4 a second
 SECONDS_PER_ENTRY = 0.05  # generous bound of one fail2ban action per address
 SAMPLE = 20
 COMPLETED, UNCHANGED, FAILED = "completed", "unchanged", "failed"
+CRASH_ENV = "BANGUI_TEST_CRASH_AT"
+
+
+def _test_crash(point: str) -> None:
+    """Test-only: SIGKILL this process at `point` when $BANGUI_TEST_CRASH_AT names it."""
+    if os.environ.get(CRASH_ENV) == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -190,6 +204,7 @@ class Importer:
 
         self._hub.publish(ImportStarted(source.id, claim.run_id))
         log_.info("blocklist_import_started", run_id=claim.run_id, entries=len(allowed))
+        _test_crash("after_download")  # downloaded, parsed, run pending, nothing banned
         try:
             await self._apply(source.id, claim.run_id, jail, set(allowed), outcome)
         except BanguiError as exc:
@@ -240,6 +255,8 @@ class Importer:
             chunk = to_ban[start : start + batch]
             await self.listings.mark_pending(chunk, jail, run_id, now)
             outcome.added += await self._client.ban(jail, chunk, timeout=call_timeout)
+            if start <= len(to_ban) // 2 < start + batch:
+                _test_crash("mid_ban")  # half banned, this batch's intents still pending
             await self.listings.mark_banned(chunk)
             progress.advance(len(chunk))
         # Entries already forgotten by an interrupted attempt are not in `ours`; the
@@ -250,6 +267,7 @@ class Importer:
             await self.listings.forget_bans(chunk)
             progress.advance(len(chunk))
         progress.finish()
+        _test_crash("before_complete")  # all banned and unbanned, run still pending
         async with self._archive.write() as conn:
             await replace_listing(
                 conn, source_id, sorted(wanted - previous), sorted(previous - wanted)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from dbus_fast import Variant
 
@@ -29,13 +28,3 @@ def variant_dict(values: Mapping[str, object]) -> dict[str, Variant]:
     """Convert a mapping of plain values into a{sv}."""
     return {str(k): variant(v) for k, v in values.items()}
 
-
-def unwrap(value: Any) -> Any:
-    """Variant (possibly nested) -> plain value, for validating a{sv} arguments."""
-    if isinstance(value, Variant):
-        return unwrap(value.value)
-    if isinstance(value, dict):
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap(v) for v in value]
-    return value

@@ -45,7 +45,14 @@ def call(
 def error_name(gdbus: Runner, iface: str, member: str, *args: str, user: Any = None) -> str:
     """Call with gdbus (which prints the D-Bus error name) and return that name."""
     result = gdbus(
-        "call", "--dest", DEST, "--object-path", PATH, "--method", f"{iface}.{member}", *args,
+        "call",
+        "--dest",
+        DEST,
+        "--object-path",
+        PATH,
+        "--method",
+        f"{iface}.{member}",
+        *args,
         user=user,
     )
     assert result.returncode != 0, f"{member} unexpectedly succeeded: {result.stdout}"
