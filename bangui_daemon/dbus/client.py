@@ -19,6 +19,7 @@ from typing import Any, Final, cast
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from bangui_daemon.dbus.transport import tolerate_full_send_buffer
 from bangui_daemon.errors import BanguiError
 
 BUS_NAME: Final = "org.bangui.Daemon1"
@@ -194,6 +195,7 @@ class DaemonClient:
             raise DaemonError(
                 ERROR_NO_SERVER, f"cannot connect to {self._address_label}: {exc}"
             ) from exc
+        tolerate_full_send_buffer(self._bus)  # big requests (LookupIps) must not drop it
         self._bus.add_message_handler(self._on_message)
         return self
 
