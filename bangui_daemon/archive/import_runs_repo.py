@@ -69,6 +69,15 @@ class ImportRunsRepository:
         assert row is not None  # the conflict above proves the row exists
         return Claim(int(row[0]), already_completed=True)
 
+    async def reopen(self, run_id: int, now: int) -> None:
+        """Take a completed run back to pending: its content is listed again after another."""
+        async with self._archive.write() as conn:
+            await conn.execute(
+                "UPDATE import_runs SET status = 'pending', started_at = ?, finished_at = 0, "
+                "error = '' WHERE id = ?",
+                (now, run_id),
+            )
+
     async def get(self, run_id: int) -> RunRow | None:
         row = await self._archive.fetchone(
             f"SELECT {RUN_COLUMNS} FROM import_runs WHERE id = ?", (run_id,)

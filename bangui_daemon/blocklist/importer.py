@@ -32,6 +32,7 @@ from bangui_daemon.archive.db import Archive
 from bangui_daemon.archive.import_runs_repo import ImportRunsRepository, complete_run
 from bangui_daemon.archive.listings_repo import ListingsRepository, replace_listing
 from bangui_daemon.archive.sources_repo import SourceRow, SourcesRepository
+from bangui_daemon.archive.state_repo import get_state, put_state
 from bangui_daemon.blocklist.fetch import FetchError, FetchResult, fetch
 from bangui_daemon.blocklist.parse import ParseResult, parse_blocklist
 from bangui_daemon.blocklist.policy import BanPolicy
@@ -105,6 +106,9 @@ class Importer:
         self._clock = clock
         self._running = 0
         self._quiet_until = 0.0
+        # One diff (or source removal) at a time across all sources: reference counting
+        # reads the other sources' listings, which an overlapping import has not stored yet.
+        self._apply_lock = asyncio.Lock()
 
     def quiet_jail(self) -> str | None:
         """The jail whose changes must not become per-address signals right now."""
@@ -194,7 +198,12 @@ class Importer:
         )
         claim = await self.runs.claim(source.id, parsed.content_hash, now)
         outcome.run_id = claim.run_id
-        if claim.already_completed:
+        listed_hash = await get_state(self._archive, _listed_key(source.id))
+        if claim.already_completed and listed_hash != parsed.content_hash:
+            # Content seen before, but not what the source lists now (v1 -> v2 -> v1):
+            # take that run up again and apply the difference.
+            await self.runs.reopen(claim.run_id, now)
+        elif claim.already_completed:
             outcome.status = UNCHANGED
             await self.sources.record_outcome(
                 source.id, now, UNCHANGED, 0, etag=result.etag, last_modified=result.last_modified
@@ -206,7 +215,8 @@ class Importer:
         log_.info("blocklist_import_started", run_id=claim.run_id, entries=len(allowed))
         _test_crash("after_download")  # downloaded, parsed, run pending, nothing banned
         try:
-            await self._apply(source.id, claim.run_id, jail, set(allowed), outcome)
+            async with self._apply_lock:
+                await self._apply(source.id, claim.run_id, jail, set(allowed), outcome)
         except BanguiError as exc:
             outcome.status, outcome.error = FAILED, str(exc)
             await self.runs.fail(claim.run_id, str(exc), int(self._clock()), _counts(outcome))
@@ -273,9 +283,14 @@ class Importer:
                 conn, source_id, sorted(wanted - previous), sorted(previous - wanted)
             )
             await complete_run(conn, run_id, int(self._clock()), _counts(outcome))
+            await put_state(conn, _listed_key(source_id), outcome.content_hash)
 
     async def remove_source(self, source: SourceRow) -> int:
         """Unban what only this source listed (and an import banned), then delete it."""
+        async with self._apply_lock:
+            return await self._remove_source(source)
+
+    async def _remove_source(self, source: SourceRow) -> int:
         jail = self._config().jail
         listed = await self.listings.entries(source.id)
         ours = await self.listings.import_bans()
@@ -311,6 +326,11 @@ class _Progress:
 
     def finish(self) -> None:
         self._hub.publish(ImportProgress(self._source_id, self._done, self._total))
+
+
+def _listed_key(source_id: int) -> str:
+    """daemon_state key of the content hash a source's stored listing came from."""
+    return f"blocklist.listed_hash.{source_id}"
 
 
 def _counts(o: ImportOutcome) -> dict[str, int]:
