@@ -139,7 +139,13 @@ async def build(config: Callable[[], Config], hub: EventHub, state: DaemonState)
         since = int(time.time()) - GEO_RECENT
         return bans.banned_ips() + await events.distinct_ips_since(since, GEO_RECENT_LIMIT)
 
-    watch = BanWatch(bans, hub, [history.record_diff], quiet_jail=importer.quiet_jail)
+    watch = BanWatch(
+        bans,
+        hub,
+        [history.record_diff],
+        quiet_jail=importer.quiet_jail,
+        busy_jail=importer.busy_jail,
+    )
     tasks = cfg.tasks
     scheduler.add(
         ban_watch.NAME, tasks.ban_watch, watch.run, timeout=cfg.fail2ban.timeout * 3, quiet=True

@@ -114,7 +114,7 @@ async def _imports(address: str, path: Path) -> Figures:
 def through_daemon(bus: PrivateSystemBus, jail: str, ips: list[str], watch: float) -> Figures:
     with sandbox() as f2b:
         overrides = {
-            "log": {"level": "info"},
+            "log": {"level": "info", "format": "json"},
             "blocklist": {"jail": jail, "batch_size": BATCH},
             "tasks": {"ban_watch": watch},
         }
@@ -123,6 +123,14 @@ def through_daemon(bus: PrivateSystemBus, jail: str, ips: list[str], watch: floa
             path = Path(daemon.config["blocklist"]["file_dir"]) / "bench.txt"
             path.write_text("# bench list\n" + "\n".join(ips) + "\n")
             figures = asyncio.run(_imports(bus.address, path))
+            done = [
+                r for r in daemon.log_records() if r.get("event") == "blocklist_import_completed"
+            ]
+            if done:
+                print(
+                    f"   daemon: parse+policy {done[0].get('parse_seconds')} s, "
+                    f"apply {done[0].get('apply_seconds')} s"
+                )
         banned = len(f2b.banned(jail))
     first, *again = figures.results
     if first["status"] != "completed" or first["added"] != len(ips) or banned != len(ips):

@@ -107,7 +107,9 @@ def _where(f: HistoryFilter) -> tuple[str, list[Any], bool]:
         conds.append("e.origin = ?")
         params.append(f.origin)
     if f.action is not None:
-        conds.append("e.action = ?")
+        # "+": never the natural key's index (action leads it, so it would match half
+        # the archive and sort it); the time, ip or jail index serves the page instead
+        conds.append("+e.action = ?")
         params.append(f.action)
     geo = f.country_code is not None
     if geo:
@@ -137,11 +139,25 @@ class EventsRepository:
             return 0
         async with self._archive.write() as conn:
             before = conn.total_changes
+            # A live ban's time is truncated (`banip --with-time`), fail2ban's row has it
+            # rounded: when the sync already copied the row one second later, that is it.
             await conn.executemany(
                 "INSERT INTO ban_events (action, jail, ip, timeofban, bantime, origin, "
-                "recorded_by) VALUES (?, ?, ?, ?, ?, ?, 'ban_watch') "
+                "recorded_by) SELECT :action, :jail, :ip, :t, :bantime, :origin, 'ban_watch' "
+                "WHERE :action != 'ban' OR NOT EXISTS (SELECT 1 FROM ban_events "
+                "  WHERE action = 'ban' AND jail = :jail AND ip = :ip AND timeofban = :t + 1) "
                 "ON CONFLICT (action, jail, ip, timeofban) DO NOTHING",
-                [(e.action, e.jail, e.ip, e.timeofban, e.bantime, e.origin) for e in events],
+                [
+                    {
+                        "action": e.action,
+                        "jail": e.jail,
+                        "ip": e.ip,
+                        "t": e.timeofban,
+                        "bantime": e.bantime,
+                        "origin": e.origin,
+                    }
+                    for e in events
+                ],
             )
             added = conn.total_changes - before
         self.count += added

@@ -52,9 +52,22 @@ class Fail2banCopy:
             "recorded_by = 'history_sync' "
             f"FROM (SELECT jail, ip, timeofban, {data} AS data, {bancount} AS bancount "
             "      FROM f2b.bans AS b WHERE {where}) AS b "
-            "WHERE ban_events.recorded_by = 'ban_watch' AND ban_events.action = 'ban' "
+            "WHERE ban_events.recorded_by = 'ban_watch' AND +ban_events.action = 'ban' "
             "AND ban_events.jail = b.jail AND ban_events.ip = b.ip "
             "AND ban_events.timeofban = b.timeofban"
+        )
+        # fail2ban's row has round(time of ban), the ban watch saw it truncated (`banip
+        # --with-time`): a live ban one second before its row is that row's ban.
+        self._align = (
+            "UPDATE ban_events SET timeofban = timeofban + 1 "
+            "WHERE recorded_by = 'ban_watch' AND +action = 'ban' "
+            "AND EXISTS (SELECT 1 FROM f2b.bans AS b WHERE {where} AND b.jail = ban_events.jail "
+            "  AND b.ip = ban_events.ip AND b.timeofban = ban_events.timeofban + 1) "
+            "AND NOT EXISTS (SELECT 1 FROM f2b.bans AS b WHERE b.jail = ban_events.jail "
+            "  AND b.ip = ban_events.ip AND b.timeofban = ban_events.timeofban) "
+            "AND NOT EXISTS (SELECT 1 FROM ban_events AS o WHERE o.action = 'ban' "
+            "  AND o.jail = ban_events.jail AND o.ip = ban_events.ip "
+            "  AND o.timeofban = ban_events.timeofban + 1)"
         )
 
     @classmethod
@@ -101,8 +114,18 @@ class Fail2banCopy:
     ) -> int:
         conn = self._conn
         async with self._archive.write_lock:
+            # read before BEGIN (the lock keeps other writers out): the transaction's
+            # first statement must write, see the module docstring
+            pending = list(
+                await conn.execute_fetchall(
+                    "SELECT 1 FROM ban_events WHERE recorded_by = 'ban_watch' LIMIT 1"
+                )
+            )
+            fill_params = {k: v for k, v in params.items() if k != "blocklist"}
             await conn.execute("BEGIN")
             try:
+                if pending:
+                    await conn.execute(self._align.format(where=where), fill_params)
                 cursor = await conn.execute(
                     "INSERT INTO ban_events (action, jail, ip, timeofban, bantime, bancount, "
                     "data, origin, recorded_by) "
@@ -112,11 +135,7 @@ class Fail2banCopy:
                 )
                 added = cursor.rowcount
                 await cursor.close()
-                pending = await conn.execute_fetchall(
-                    "SELECT 1 FROM ban_events WHERE recorded_by = 'ban_watch' LIMIT 1"
-                )
-                if list(pending):
-                    fill_params = {k: v for k, v in params.items() if k != "blocklist"}
+                if pending:
                     await conn.execute(self._fill.format(where=where), fill_params)
                 for key, value in state.items():
                     await put_state(conn, key, value)

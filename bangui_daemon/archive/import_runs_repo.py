@@ -78,6 +78,13 @@ class ImportRunsRepository:
                 (now, run_id),
             )
 
+    async def find(self, source_id: int, content_hash: str) -> RunRow | None:
+        row = await self._archive.fetchone(
+            f"SELECT {RUN_COLUMNS} FROM import_runs WHERE source_id = ? AND content_hash = ?",
+            (source_id, content_hash),
+        )
+        return None if row is None else RunRow(*row)
+
     async def get(self, run_id: int) -> RunRow | None:
         row = await self._archive.fetchone(
             f"SELECT {RUN_COLUMNS} FROM import_runs WHERE id = ?", (run_id,)

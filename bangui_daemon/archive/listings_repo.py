@@ -48,13 +48,18 @@ class ListingsRepository:
         rows = await self._archive.fetchall("SELECT entry, state FROM import_bans")
         return {str(r[0]): str(r[1]) for r in rows}
 
-    async def mark_pending(self, entries: Sequence[str], jail: str, run_id: int, now: int) -> None:
-        """Write the intent before the banip is sent (see the module docstring)."""
+    async def advance(
+        self, banned: Sequence[str], pending: Sequence[str], jail: str, run_id: int, now: int
+    ) -> None:
+        """One transaction: `banned` were banned; intent to ban `pending` comes next."""
         async with self._archive.write() as conn:
+            await conn.executemany(
+                "UPDATE import_bans SET state = 'banned' WHERE entry = ?", [(e,) for e in banned]
+            )
             await conn.executemany(
                 "INSERT INTO import_bans (entry, jail, run_id, state, banned_at) "
                 "VALUES (?, ?, ?, 'pending', ?) ON CONFLICT (entry) DO NOTHING",
-                [(e, jail, run_id, now) for e in entries],
+                [(e, jail, run_id, now) for e in pending],
             )
 
     async def mark_banned(self, entries: Sequence[str]) -> None:

@@ -20,6 +20,7 @@ aim. Unset (always, outside those tests) it does nothing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import time
@@ -110,6 +111,10 @@ class Importer:
         # reads the other sources' listings, which an overlapping import has not stored yet.
         self._apply_lock = asyncio.Lock()
 
+    def busy_jail(self) -> str | None:
+        """The jail an import is banning into right now (its list is in flux)."""
+        return self._config().jail if self._running else None
+
     def quiet_jail(self) -> str | None:
         """The jail whose changes must not become per-address signals right now."""
         if self._running or self._clock() < self._quiet_until:
@@ -178,12 +183,25 @@ class Importer:
             if jail not in await self._client.jails():
                 raise InvalidArgument(f"the blocklist jail {jail!r} is not configured in fail2ban")
             result = await self._download(source.url, source)
-            if result.not_modified:
-                await self.sources.record_outcome(source.id, now, UNCHANGED, source.last_imported)
-                log_.info("blocklist_not_modified")
-                return ImportOutcome(UNCHANGED)
+            raw_hash = _raw_hash(result.chunks)
+            if result.not_modified or raw_hash == await get_state(
+                self._archive, _raw_key(source.id)
+            ):
+                # The same bytes as the listing in force: nothing to parse or ban.
+                await self.sources.record_outcome(
+                    source.id,
+                    now,
+                    UNCHANGED,
+                    0,
+                    etag=result.etag,
+                    last_modified=result.last_modified,
+                )
+                log_.info("blocklist_import_unchanged", not_modified=result.not_modified)
+                return await self._current(source.id)
+            fetched = time.monotonic()
             parsed = await self._parse(result.chunks)
             allowed, refused = (await self._policy(jail)).partition(parsed.entries)
+            checked = time.monotonic()
         except (BanguiError, FetchError) as exc:
             await self.sources.record_outcome(source.id, now, FAILED, 0, error=str(exc))
             log_.warning("blocklist_import_failed", stage="download", error=str(exc))
@@ -216,7 +234,7 @@ class Importer:
         _test_crash("after_download")  # downloaded, parsed, run pending, nothing banned
         try:
             async with self._apply_lock:
-                await self._apply(source.id, claim.run_id, jail, set(allowed), outcome)
+                await self._apply(source.id, claim.run_id, jail, set(allowed), outcome, raw_hash)
         except BanguiError as exc:
             outcome.status, outcome.error = FAILED, str(exc)
             await self.runs.fail(claim.run_id, str(exc), int(self._clock()), _counts(outcome))
@@ -235,12 +253,39 @@ class Importer:
                 etag=result.etag,
                 last_modified=result.last_modified,
             )
-            log_.info("blocklist_import_completed", **_counts(outcome), run_id=claim.run_id)
+            log_.info(
+                "blocklist_import_completed",
+                **_counts(outcome),
+                run_id=claim.run_id,
+                parse_seconds=round(checked - fetched, 3),
+                apply_seconds=round(time.monotonic() - checked, 3),
+            )
         self._hub.publish(ImportFinished(source.id, outcome.status, outcome.added, outcome.removed))
         return outcome
 
+    async def _current(self, source_id: int) -> ImportOutcome:
+        """ "unchanged", described by the completed run whose listing is in force."""
+        listed = await get_state(self._archive, _listed_key(source_id))
+        run = None if listed is None else await self.runs.find(source_id, listed)
+        if run is None:
+            return ImportOutcome(UNCHANGED)
+        return ImportOutcome(
+            UNCHANGED,
+            run_id=run.id,
+            content_hash=run.content_hash,
+            entries=run.entries,
+            invalid=run.invalid,
+            refused=run.refused,
+        )
+
     async def _apply(
-        self, source_id: int, run_id: int, jail: str, wanted: set[str], outcome: ImportOutcome
+        self,
+        source_id: int,
+        run_id: int,
+        jail: str,
+        wanted: set[str],
+        outcome: ImportOutcome,
+        raw_hash: str,
     ) -> None:
         previous = await self.listings.entries(source_id)
         ours = await self.listings.import_bans()
@@ -261,14 +306,27 @@ class Importer:
         batch = self._config().batch_size
         call_timeout = self._f2b_timeout() + batch * SECONDS_PER_ENTRY
         now = int(self._clock())
-        for start in range(0, len(to_ban), batch):
-            chunk = to_ban[start : start + batch]
-            await self.listings.mark_pending(chunk, jail, run_id, now)
-            outcome.added += await self._client.ban(jail, chunk, timeout=call_timeout)
-            if start <= len(to_ban) // 2 < start + batch:
+        chunks = [to_ban[i : i + batch] for i in range(0, len(to_ban), batch)]
+        if chunks:
+            await self.listings.advance([], chunks[0], jail, run_id, now)
+        for index, chunk in enumerate(chunks):
+            # The intent for `chunk` is durable here. While fail2ban bans it, record the
+            # previous chunk as banned and the next one's intent: the archive's work
+            # hides behind fail2ban's, and no banip is ever sent before its intent.
+            banning = asyncio.ensure_future(self._client.ban(jail, chunk, timeout=call_timeout))
+            nxt = chunks[index + 1] if index + 1 < len(chunks) else []
+            done = chunks[index - 1] if index else []
+            booking = asyncio.ensure_future(self.listings.advance(done, nxt, jail, run_id, now))
+            results = await asyncio.gather(banning, booking, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            outcome.added += int(str(results[0]))
+            if index == len(chunks) // 2:
                 _test_crash("mid_ban")  # half banned, this batch's intents still pending
-            await self.listings.mark_banned(chunk)
             progress.advance(len(chunk))
+        if chunks:
+            await self.listings.mark_banned(chunks[-1])
         # Entries already forgotten by an interrupted attempt are not in `ours`; the
         # unban below is idempotent for the rest.
         for start in range(0, len(to_unban), batch):
@@ -284,6 +342,7 @@ class Importer:
             )
             await complete_run(conn, run_id, int(self._clock()), _counts(outcome))
             await put_state(conn, _listed_key(source_id), outcome.content_hash)
+            await put_state(conn, _raw_key(source_id), raw_hash)
 
     async def remove_source(self, source: SourceRow) -> int:
         """Unban what only this source listed (and an import banned), then delete it."""
@@ -326,6 +385,18 @@ class _Progress:
 
     def finish(self) -> None:
         self._hub.publish(ImportProgress(self._source_id, self._done, self._total))
+
+
+def _raw_hash(chunks: Sequence[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _raw_key(source_id: int) -> str:
+    """daemon_state key of the hash of the downloaded bytes behind the listing."""
+    return f"blocklist.raw_hash.{source_id}"
 
 
 def _listed_key(source_id: int) -> str:

@@ -27,4 +27,3 @@ def variant(value: object) -> Variant:
 def variant_dict(values: Mapping[str, object]) -> dict[str, Variant]:
     """Convert a mapping of plain values into a{sv}."""
     return {str(k): variant(v) for k, v in values.items()}
-

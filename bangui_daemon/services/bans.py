@@ -8,7 +8,7 @@ fail2ban's single-threaded socket.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -67,7 +67,8 @@ class BanService:
         self._blocklist_jail = blocklist_jail
         self._refusal = refusal
         self._before_unban = before_unban
-        self._counts: dict[str, JailCounts] = {}
+        self._counts: dict[str, JailCounts] = {}  # as last seen (ListJails)
+        self._listed_counts: dict[str, JailCounts] = {}  # when each list was last read
         self._bans: dict[str, dict[str, ActiveBan]] = {}
         self._have_baseline = False
 
@@ -122,13 +123,23 @@ class BanService:
 
     # ---- refresh (ban watch) ----------------------------------------------
 
-    async def refresh(self) -> BanDiff:
-        """Poll fail2ban and return what changed since the last refresh."""
+    async def refresh(self, defer: Collection[str] = ()) -> BanDiff:
+        """Poll fail2ban and return what changed since the last refresh.
+
+        Jails named in `defer` (the one an import is filling) get their counts only:
+        re-reading a list of 100,000 bans every tick would hold fail2ban's single
+        socket against the import itself. Their list is read once they settle.
+        """
         try:
             version = await self._client.version()
             names = await self._client.jails()
             counts = {name: await self._client.jail_counts(name) for name in names}
-            fetch = [n for n in names if counts[n] != self._counts.get(n) or n not in self._bans]
+            fetch = [
+                n
+                for n in names
+                if n not in self._bans
+                or (counts[n] != self._listed_counts.get(n) and n not in defer)
+            ]
             lists = {n: await self._client.banned_with_time(n) for n in fetch}
         except Fail2banUnavailable:
             self._state.set_fail2ban(False)
@@ -142,10 +153,12 @@ class BanService:
                 diff.added.extend(b for ip, b in new.items() if ip not in old)
                 diff.removed.extend(b for ip, b in old.items() if ip not in new)
             self._bans[name] = new
+            self._listed_counts[name] = counts[name]
         for gone in set(self._bans) - set(names):  # jail removed by a fail2ban reload
             if not diff.baseline:
                 diff.removed.extend(self._bans[gone].values())
             del self._bans[gone]
+            self._listed_counts.pop(gone, None)
         self._counts = counts
         self._have_baseline = True
         return diff

@@ -28,11 +28,13 @@ class BanWatch:
         hub: EventHub,
         listeners: list[DiffListener] | None = None,
         quiet_jail: Callable[[], str | None] = lambda: None,
+        busy_jail: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._bans = bans
         self._hub = hub
         self._listeners = listeners or []
         self._quiet_jail = quiet_jail
+        self._busy_jail = busy_jail
 
     def add_listener(self, listener: DiffListener) -> None:
         """Let another part (the archive) see every diff before signals go out."""
@@ -40,7 +42,8 @@ class BanWatch:
 
     async def run(self) -> TaskResult:
         """One tick: refresh, record, publish."""
-        diff = await self._bans.refresh()
+        busy = self._busy_jail()
+        diff = await self._bans.refresh(defer=() if busy is None else (busy,))
         for listener in self._listeners:
             await listener(diff)
         result: dict[str, object] = {

@@ -1,0 +1,277 @@
+"""Benchmark the history archive: first sync, incremental sync, a filtered page, RSS.
+
+Run as root (the daemon owns org.bangui.Daemon1 on a private system-like bus):
+``python bench/bench_history.py [--rows 1000000] [--repeat 7] [--queries 101]``.
+
+One run builds fail2ban-format DBs (schema made by a real fail2ban-server, rows filled
+with sqlite), then measures:
+
+* the floor: a raw ``ATTACH`` + ``INSERT ... SELECT`` of all rows into a fresh archive
+  with the daemon's schema, in one transaction, default pragmas;
+* the daemon's first sync of the same rows (the real daemon process; the figure is
+  the ``seconds`` of its ``history_sync_complete`` log line), and the ratio;
+* an incremental sync of 1,000 new rows over a 100k and over a 1M archive (median of
+  ``--repeat`` RunTask calls over the bus, each after fail2ban's DB grew by 1,000 rows;
+  the daemon's own ``seconds`` and the RunTask round trip);
+* filtered GetHistory pages over the bus (DaemonClient, median of ``--queries``);
+* the daemon's VmRSS and VmHWM from /proc/PID/status.
+
+Times depend on the machine: figures and ratios are printed, nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bangui_daemon.archive.db import Archive
+from bangui_daemon.dbus.client import DaemonClient
+from tests.harness.bus import PrivateSystemBus
+from tests.harness.daemon import DaemonProcess
+from tests.harness.fail2ban import F2bSandbox
+from tests.harness.users import ensure_admin_group
+from tests.integration.history_db import fill_bans, schema_only_copy
+
+INCREMENT = 1000
+GOALS = {
+    "first_sync_ratio": 1.5,
+    "incremental_ms": 50.0,
+    "page_ms": 20.0,
+    "rss_mb": 80.0,
+}
+
+
+def floor_copy(f2b_db: Path, archive: Path) -> float:
+    """Seconds for a raw ATTACH + INSERT ... SELECT of every row (the floor)."""
+    conn = sqlite3.connect(str(archive), isolation_level=None)
+    try:
+        conn.execute("ATTACH DATABASE ? AS f2b", (f"file:{f2b_db}?mode=ro",))
+        start = time.perf_counter()
+        conn.execute("BEGIN")
+        conn.execute(
+            "INSERT INTO ban_events (action, jail, ip, timeofban, bantime, bancount, data, "
+            "origin, recorded_by) SELECT 'ban', jail, ip, timeofban, bantime, bancount, data, "
+            "CASE WHEN jail = 'blocklist-import' THEN 'blocklist' ELSE 'selfblock' END, "
+            "'history_sync' FROM f2b.bans WHERE ip IS NOT NULL"
+        )
+        conn.execute("COMMIT")
+        return time.perf_counter() - start
+    finally:
+        conn.close()
+
+
+async def new_archive(path: Path) -> None:
+    archive = await Archive.open(str(path))
+    await archive.close()
+
+
+def rss(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MB."""
+    fields: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def sync_records(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    return [r for r in daemon.log_records() if r.get("event") == "history_sync_complete"]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.bus = PrivateSystemBus()
+        self.f2b = F2bSandbox(work / "f2b")
+        self.results: dict[str, float] = {}
+
+    def daemon(self, f2b_db: Path, name: str) -> DaemonProcess:
+        overrides = {
+            "fail2ban": {"database": str(f2b_db)},
+            "tasks": {"ban_watch": 2, "history_sync": 86400},
+            "log": {"level": "info"},
+        }
+        return DaemonProcess.from_sandbox(
+            self.f2b, self.bus, overrides, work_dir=self.work / name
+        ).start(ready_timeout=60)
+
+    async def first_sync(self, daemon: DaemonProcess, rows: int) -> float:
+        deadline = time.monotonic() + 1800
+        while not sync_records(daemon):
+            if time.monotonic() > deadline or not daemon.running:
+                raise RuntimeError("the first sync did not finish")
+            await asyncio.sleep(0.05)
+        record = sync_records(daemon)[0]
+        assert record["new_events"] == rows, record
+        return float(record["seconds"])
+
+    async def incremental(
+        self, client: DaemonClient, daemon: DaemonProcess, f2b_db: Path, first: int
+    ) -> tuple[float, float]:
+        """Median (daemon seconds, RunTask round trip) of 1,000-row syncs, in ms."""
+        own, trip = [], []
+        for i in range(self.args.repeat):
+            fill_bans(f2b_db, INCREMENT, first=first + i * INCREMENT)
+            before = len(sync_records(daemon))
+            start = time.perf_counter()
+            result = await client.run_task("history_sync")
+            trip.append(time.perf_counter() - start)
+            assert result["new_events"] == INCREMENT, result
+            deadline = time.monotonic() + 10
+            while len(sync_records(daemon)) == before:  # the log line trails the reply
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no history_sync_complete log line")
+                await asyncio.sleep(0.01)
+            own.append(float(sync_records(daemon)[-1]["seconds"]))
+        return statistics.median(own) * 1000, statistics.median(trip) * 1000
+
+    async def pages(self, client: DaemonClient, now: int) -> dict[str, tuple[float, int]]:
+        """Median ms of a 50-row GetHistory page (and its total) per filter."""
+        (probe,), _ = await client.get_history({"jail": "sshd"}, 1, 1)
+        ip = str(probe["ip"])
+        net = ".".join(ip.split(".")[:3]) + ".0/24"
+        filters: dict[str, dict[str, object]] = {
+            "jail+since (last day)": {"jail": "sshd", "since": now - 86400},
+            "since (last day)": {"since": now - 86400},
+            "since+until (one hour)": {"since": now - 5 * 86400, "until": now - 5 * 86400 + 3600},
+            "ip": {"ip": ip},
+            "ip CIDR /24": {"ip": net},
+            "ip CIDR /24 + since": {"ip": net, "since": now - 5 * 86400},
+            "jail only (80% of rows)": {"jail": "sshd"},
+            "action=ban + since (last day)": {"action": "ban", "since": now - 86400},
+            "no filter": {},
+        }
+        out: dict[str, tuple[float, int]] = {}
+        for name, flt in filters.items():
+            times = []
+            total = 0
+            for _ in range(self.args.queries):
+                start = time.perf_counter()
+                _, total = await client.get_history(flt, 1, 50)
+                times.append(time.perf_counter() - start)
+            out[name] = (statistics.median(times) * 1000, total)
+        return out
+
+    async def run(self) -> None:
+        args = self.args
+        small = min(100_000, args.rows)
+        ensure_admin_group()
+        self.bus.start()
+        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = self.bus.address
+        self.f2b.start()  # a real fail2ban-server makes the schema ...
+        self.f2b.stop()
+        template = self.work / "schema.sqlite3"
+        schema_only_copy(self.f2b.db_path, template)
+        self.f2b.start()  # ... and stays up for the daemon's ban watch
+
+        db_small = self.work / "f2b-100k.sqlite3"
+        db_big = self.work / "f2b-1m.sqlite3"
+        start = time.perf_counter()
+        shutil.copyfile(template, db_small)
+        fill_bans(db_small, small, base=int(time.time()) - args.rows - 600)
+        shutil.copyfile(template, db_big)
+        fill_bans(db_big, args.rows, base=int(time.time()) - args.rows - 600)
+        print(
+            f"built fail2ban DBs of {small:,} and {args.rows:,} rows in "
+            f"{time.perf_counter() - start:.1f} s"
+        )
+
+        # --- the floor
+        floor_archive = self.work / "floor.sqlite3"
+        await new_archive(floor_archive)
+        floor = floor_copy(db_big, floor_archive)
+        floor_archive.unlink()
+        print(f"floor: raw ATTACH + INSERT ... SELECT of {args.rows:,} rows: {floor:.2f} s")
+
+        # --- 100k archive: first sync, then incremental
+        daemon = self.daemon(db_small, "daemon-100k")
+        try:
+            await self.first_sync(daemon, small)
+            async with DaemonClient() as client:
+                inc_small = await self.incremental(client, daemon, db_small, small + 1)
+        finally:
+            daemon.stop()
+            daemon.close()
+
+        # --- 1M archive: first sync, incremental, pages, RSS
+        daemon = self.daemon(db_big, "daemon-1m")
+        try:
+            first = await self.first_sync(daemon, args.rows)
+            rss_after_sync = rss(daemon.pid)
+            async with DaemonClient() as client:
+                inc_big = await self.incremental(client, daemon, db_big, args.rows + 1)
+                pages = await self.pages(client, int(time.time()))
+            rss_end = rss(daemon.pid)
+        finally:
+            daemon.stop()
+            daemon.close()
+
+        ratio = first / floor
+        print(
+            f"first sync by the daemon: {first:.2f} s = {ratio:.2f}x the floor "
+            f"(goal <= {GOALS['first_sync_ratio']}x)"
+        )
+        print(
+            f"incremental sync of {INCREMENT} rows, median of {args.repeat} "
+            f"(daemon's own time / RunTask round trip), goal < {GOALS['incremental_ms']:.0f} ms:"
+        )
+        print(f"  over {small:>9,} archived: {inc_small[0]:7.1f} ms / {inc_small[1]:7.1f} ms")
+        print(
+            f"  over {args.rows:>9,} archived: {inc_big[0]:7.1f} ms / {inc_big[1]:7.1f} ms"
+            f"  ({inc_big[0] / inc_small[0]:.2f}x the 100k figure)"
+        )
+        print(
+            f"GetHistory page of 50 over the bus, median of {args.queries} "
+            f"(goal < {GOALS['page_ms']:.0f} ms):"
+        )
+        for name, (ms, total) in pages.items():
+            print(f"  {name:32s} {ms:7.2f} ms   total {total:,}")
+        print(
+            f"daemon memory after the first sync: VmRSS {rss_after_sync[0]:.1f} MB, "
+            f"VmHWM {rss_after_sync[1]:.1f} MB"
+        )
+        print(
+            f"daemon memory at the end:           VmRSS {rss_end[0]:.1f} MB, "
+            f"VmHWM {rss_end[1]:.1f} MB (goal < {GOALS['rss_mb']:.0f} MB)"
+        )
+
+    def close(self) -> None:
+        self.f2b.close()
+        self.bus.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--queries", type=int, default=101)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bgt-bench-history-"))
+    work.chmod(0o755)
+    bench = Bench(args, work)
+    try:
+        asyncio.run(bench.run())
+    finally:
+        bench.close()
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
