@@ -98,7 +98,7 @@ def _where(f: HistoryFilter) -> tuple[str, list[Any], bool]:
         params.append(f.ip)
     if f.network is not None:
         prefix = _text_prefix(f.network)
-        if prefix is not None:  # narrow with the (ip, timeofban) index first
+        if prefix is not None:  # narrow with the ip-led natural key first
             conds.append("e.ip >= ? AND e.ip < ?")
             params.extend([prefix, prefix[:-1] + "/"])  # '/' sorts right after '.'
         conds.append("ip_in_network(e.ip, ?)")
@@ -107,8 +107,8 @@ def _where(f: HistoryFilter) -> tuple[str, list[Any], bool]:
         conds.append("e.origin = ?")
         params.append(f.origin)
     if f.action is not None:
-        # "+": never the natural key's index (action leads it, so it would match half
-        # the archive and sort it); the time, ip or jail index serves the page instead
+        # "+": an action matches about half the archive, so it must never drive the
+        # plan; the time, ip or jail index serves the page instead
         conds.append("+e.action = ?")
         params.append(f.action)
     geo = f.country_code is not None
@@ -146,7 +146,7 @@ class EventsRepository:
                 "recorded_by) SELECT :action, :jail, :ip, :t, :bantime, :origin, 'ban_watch' "
                 "WHERE :action != 'ban' OR NOT EXISTS (SELECT 1 FROM ban_events "
                 "  WHERE action = 'ban' AND jail = :jail AND ip = :ip AND timeofban = :t + 1) "
-                "ON CONFLICT (action, jail, ip, timeofban) DO NOTHING",
+                "ON CONFLICT (ip, timeofban, jail, action) DO NOTHING",
                 [
                     {
                         "action": e.action,

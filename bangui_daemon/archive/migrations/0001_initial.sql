@@ -13,10 +13,11 @@ CREATE TABLE ban_events (
     data        BLOB,                       -- fail2ban's JSON (failures, matches), verbatim
     origin      TEXT    NOT NULL DEFAULT 'selfblock' CHECK (origin IN ('selfblock', 'blocklist')),
     recorded_by TEXT    NOT NULL DEFAULT 'history_sync',
-    UNIQUE (action, jail, ip, timeofban)
+    -- ip leads the natural key so that this one index also serves per-address and
+    -- network queries: a second ip-keyed index would double the random page writes.
+    UNIQUE (ip, timeofban, jail, action)
 );
-CREATE INDEX ban_events_time ON ban_events (timeofban);
-CREATE INDEX ban_events_ip_time ON ban_events (ip, timeofban);
+CREATE INDEX ban_events_time ON ban_events (timeofban, action);  -- covers since+action counts
 CREATE INDEX ban_events_jail_time ON ban_events (jail, timeofban);
 
 -- Small durable key/value state: high-water marks, fingerprints.
