@@ -24,12 +24,26 @@ def geo_record(answer: GeoAnswer) -> dict[str, Variant]:
     }
 
 
+RECORD_CACHE = 50_000
+
+
 class GeoInterface(ServiceInterface):
     """Read-only lookups; the HTTP fallback is never used from here (see GeoService)."""
 
     def __init__(self, geo: GeoService) -> None:
         super().__init__(GEO_INTERFACE)
         self._geo = geo
+        # Building six Variants costs more than the lookup itself: reuse the record of
+        # an answer seen before (answers are frozen, so equal answers share one).
+        self._records: dict[GeoAnswer, dict[str, Variant]] = {}
+
+    def _record(self, answer: GeoAnswer) -> dict[str, Variant]:
+        record = self._records.get(answer)
+        if record is None:
+            if len(self._records) >= RECORD_CACHE:
+                self._records.clear()
+            record = self._records[answer] = geo_record(answer)
+        return record
 
     def connect_signals(self, pump: SignalPump) -> None:
         # Its own event type: registering PropertiesChanged would replace the core's.
@@ -45,8 +59,9 @@ class GeoInterface(ServiceInterface):
 
     @dbus_method("LookupIp", args=("s",), returns="a{sv}")
     async def lookup_ip(self, ip: str) -> dict[str, Variant]:
-        return geo_record(await self._geo.lookup_ip(ip))
+        return self._record(await self._geo.lookup_ip(ip))
 
     @dbus_method("LookupIps", args=("as",), returns="aa{sv}")
     async def lookup_ips(self, ips: list[str]) -> list[dict[str, Variant]]:
-        return [geo_record(a) for a in await self._geo.lookup_ips(ips)]
+        record = self._record
+        return [record(a) for a in await self._geo.lookup_ips(ips)]
