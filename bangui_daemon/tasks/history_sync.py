@@ -65,13 +65,6 @@ class HistorySync:
             self._hub.publish(HistorySynced(int(str(result["new_events"]))))
         return result
 
-    async def run_if_idle(self) -> int:
-        """A quick catch-up after the ban watch saw new bans; skipped while a sync runs."""
-        if self._lock.locked():
-            return 0
-        result = await self.run()
-        return int(str(result.get("new_events", 0)))
-
     async def capture_ip(self, ip: str) -> int:
         """Archive every row fail2ban has for `ip`: called before an unban deletes them."""
         try:
