@@ -53,10 +53,6 @@ class HistorySync:
         """Read the last sync time kept in the archive."""
         self.last_sync = int(await get_state(self._archive, LAST_SYNC) or 0)
 
-    @property
-    def busy(self) -> bool:
-        return self._lock.locked()
-
     async def run(self) -> TaskResult:
         """One full incremental sync (the scheduled task and RunTask)."""
         async with self._lock:
