@@ -49,12 +49,28 @@ class ListingsRepository:
         return {str(r[0]): str(r[1]) for r in rows}
 
     async def advance(
-        self, banned: Sequence[str], pending: Sequence[str], jail: str, run_id: int, now: int
+        self,
+        source_id: int,
+        banned: Sequence[str],
+        pending: Sequence[str],
+        jail: str,
+        run_id: int,
+        now: int,
     ) -> None:
-        """One transaction: `banned` were banned; intent to ban `pending` comes next."""
+        """One transaction: `banned` were banned (and join the source's listing), and
+        the intent to ban `pending` is recorded before they are sent.
+
+        Listing banned entries early is safe: they are in the new content, so a retry
+        after a crash computes the same diff, and the final transaction has less to do.
+        """
         async with self._archive.write() as conn:
             await conn.executemany(
                 "UPDATE import_bans SET state = 'banned' WHERE entry = ?", [(e,) for e in banned]
+            )
+            await conn.executemany(
+                "INSERT INTO source_entries (source_id, entry) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [(source_id, e) for e in banned],
             )
             await conn.executemany(
                 "INSERT INTO import_bans (entry, jail, run_id, state, banned_at) "

@@ -308,7 +308,7 @@ class Importer:
         now = int(self._clock())
         chunks = [to_ban[i : i + batch] for i in range(0, len(to_ban), batch)]
         if chunks:
-            await self.listings.advance([], chunks[0], jail, run_id, now)
+            await self.listings.advance(source_id, [], chunks[0], jail, run_id, now)
         for index, chunk in enumerate(chunks):
             # The intent for `chunk` is durable here. While fail2ban bans it, record the
             # previous chunk as banned and the next one's intent: the archive's work
@@ -316,7 +316,9 @@ class Importer:
             banning = asyncio.ensure_future(self._client.ban(jail, chunk, timeout=call_timeout))
             nxt = chunks[index + 1] if index + 1 < len(chunks) else []
             done = chunks[index - 1] if index else []
-            booking = asyncio.ensure_future(self.listings.advance(done, nxt, jail, run_id, now))
+            booking = asyncio.ensure_future(
+                self.listings.advance(source_id, done, nxt, jail, run_id, now)
+            )
             results = await asyncio.gather(banning, booking, return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
@@ -326,7 +328,7 @@ class Importer:
                 _test_crash("mid_ban")  # half banned, this batch's intents still pending
             progress.advance(len(chunk))
         if chunks:
-            await self.listings.mark_banned(chunks[-1])
+            await self.listings.advance(source_id, chunks[-1], [], jail, run_id, now)
         # Entries already forgotten by an interrupted attempt are not in `ours`; the
         # unban below is idempotent for the rest.
         for start in range(0, len(to_unban), batch):
@@ -337,9 +339,9 @@ class Importer:
         progress.finish()
         _test_crash("before_complete")  # all banned and unbanned, run still pending
         async with self._archive.write() as conn:
-            await replace_listing(
-                conn, source_id, sorted(wanted - previous), sorted(previous - wanted)
-            )
+            # what was banned above is listed already (see ListingsRepository.advance)
+            rest = wanted - previous - set(to_ban)
+            await replace_listing(conn, source_id, sorted(rest), sorted(previous - wanted))
             await complete_run(conn, run_id, int(self._clock()), _counts(outcome))
             await put_state(conn, _listed_key(source_id), outcome.content_hash)
             await put_state(conn, _raw_key(source_id), raw_hash)
