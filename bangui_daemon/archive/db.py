@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -109,6 +109,31 @@ class Archive:
             yield conn
         finally:
             await _close(conn)
+
+    async def delete_in_batches(
+        self,
+        sql: str,
+        params: Sequence[Any],
+        batch: int,
+        on_batch: Callable[[int], object] | None = None,
+    ) -> int:
+        """Run a DELETE whose last parameter is a LIMIT, one short transaction per batch,
+        until a batch comes back short; return the rows deleted.
+
+        Purges never hold the writer long, and an interrupted one is simply continued
+        by the next run (each batch only removes what is already past the cutoff).
+        """
+        deleted = 0
+        while True:
+            async with self.write() as conn:
+                cursor = await conn.execute(sql, (*params, batch))
+                n = cursor.rowcount
+                await cursor.close()
+            deleted += n
+            if on_batch is not None:
+                on_batch(n)
+            if n < batch:
+                return deleted
 
     async def reader_function(self, name: str, nargs: int, fn: Any) -> None:
         """Register a deterministic SQL function on the reader connection."""

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from bangui_daemon.archive.db import Archive, Row
 
 EVENT_COLUMNS = (
@@ -245,22 +243,14 @@ class EventsRepository:
 
     async def purge_before(self, cutoff: int, batch: int) -> int:
         """Delete events older than `cutoff` in short transactions; return the count."""
-        deleted = 0
-        while True:
-            async with self._archive.write() as conn:
-                n = await _delete_batch(conn, cutoff, batch)
-            deleted += n
+
+        def deleted(n: int) -> None:
             self.count -= n
-            if n < batch:
-                return deleted
 
-
-async def _delete_batch(conn: aiosqlite.Connection, cutoff: int, batch: int) -> int:
-    cursor = await conn.execute(
-        "DELETE FROM ban_events WHERE id IN "
-        "(SELECT id FROM ban_events WHERE timeofban < ? ORDER BY timeofban LIMIT ?)",
-        (cutoff, batch),
-    )
-    n = cursor.rowcount
-    await cursor.close()
-    return n
+        return await self._archive.delete_in_batches(
+            "DELETE FROM ban_events WHERE id IN "
+            "(SELECT id FROM ban_events WHERE timeofban < ? ORDER BY timeofban LIMIT ?)",
+            (cutoff,),
+            batch,
+            on_batch=deleted,
+        )

@@ -221,19 +221,12 @@ class GeoCacheRepository:
     async def delete_stale(self, cutoff: int) -> int:
         """Delete entries last seen before ``cutoff`` in short transactions; return
         the count. An interrupted run is simply continued by the next one."""
-        deleted = 0
-        while True:
-            async with self._archive.write() as conn:
-                cursor = await conn.execute(
-                    "DELETE FROM geo_cache WHERE ip IN "
-                    "(SELECT ip FROM geo_cache WHERE last_seen < ? LIMIT ?)",
-                    (cutoff, DELETE_BATCH),
-                )
-                n = cursor.rowcount
-                await cursor.close()
-            deleted += n
-            if n < DELETE_BATCH:
-                return deleted
+        return await self._archive.delete_in_batches(
+            "DELETE FROM geo_cache WHERE ip IN "
+            "(SELECT ip FROM geo_cache WHERE last_seen < ? LIMIT ?)",
+            (cutoff,),
+            DELETE_BATCH,
+        )
 
 
 async def _scalar(conn: aiosqlite.Connection, sql: str, params: Sequence[object]) -> int:
