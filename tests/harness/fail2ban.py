@@ -375,7 +375,12 @@ class F2bSandbox:
             try:
                 F2bClient(self.socket_path, timeout=min(timeout, 10.0)).call("stop")
             except (F2bError, OSError, ValueError):
-                proc.terminate()
+                # The reply can be lost while the server already shuts down: give it
+                # a moment before SIGTERM, which would turn a clean exit into -15.
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.terminate()
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
