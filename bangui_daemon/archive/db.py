@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import re
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class Archive:
         self._writer = writer
         self._reader = reader
         self._write_lock = asyncio.Lock()
+        self._side: set[aiosqlite.Connection] = set()
 
     @classmethod
     async def open(cls, path: str, migrations: Sequence[Migration] | None = None) -> Archive:
@@ -78,6 +80,10 @@ class Archive:
 
     async def close(self) -> None:
         """Close both connections; the WAL is checkpointed by sqlite on the last close."""
+        for conn in list(self._side):  # a side connection whose close was cancelled
+            with contextlib.suppress(Exception):
+                await _close(conn)
+            self._side.discard(conn)
         await _close(self._reader)
         await _close(self._writer)
 
@@ -104,11 +110,13 @@ class Archive:
     ) -> AsyncIterator[aiosqlite.Connection]:
         """A short-lived extra connection (URI names allowed, e.g. to ATTACH read-only)."""
         conn = await _connect(self.path, uri=True)
+        self._side.add(conn)
         try:
             await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             yield conn
         finally:
-            await _close(conn)
+            await _close(conn)  # cancelled here: it stays in _side for close()
+            self._side.discard(conn)
 
     async def delete_in_batches(
         self,
@@ -165,7 +173,14 @@ async def _connect(
 ) -> aiosqlite.Connection:
     # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
     async def opened() -> aiosqlite.Connection:
-        return await aiosqlite.connect(path, isolation_level=None, timeout=30.0, uri=uri)
+        conn = aiosqlite.connect(path, isolation_level=None, timeout=30.0, uri=uri)
+        # Last line of defence: a worker thread whose close a cancellation skipped must
+        # not keep the process alive after SIGTERM (Connection is the Thread in 0.17,
+        # holds it in 0.22; the thread starts on await).
+        worker = getattr(conn, "_thread", conn)
+        if isinstance(worker, threading.Thread):
+            worker.daemon = True
+        return await conn
 
     opening = asyncio.ensure_future(opened())
     try:
