@@ -27,7 +27,9 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from bangui_daemon.cli import banguictl, render
-from bangui_daemon.cli.banguictl import Context, build_parser, parse_since
+from bangui_daemon.cli.ctl_args import build_parser, parse_since
+from bangui_daemon.cli.ctl_context import Context, describe_error, exit_code_for
+from bangui_daemon.cli.ctl_watch import watch_line, watched
 from bangui_daemon.dbus.client import (
     BUS_NAME,
     IFACE_BLOCKLISTS,
@@ -190,8 +192,8 @@ def test_since_forms() -> None:
 )
 def test_error_mapping(name: str, message: str, code: int, line: str) -> None:
     error = DaemonError(name, message)
-    assert banguictl.exit_code_for(error) == code
-    text = banguictl.describe_error(error)
+    assert exit_code_for(error) == code
+    text = describe_error(error)
     assert text.startswith(line)
     assert "\n" not in text
     if code == 3:
@@ -878,13 +880,13 @@ def test_watch_line_for_every_signal() -> None:
         ),
     ]
     for interface, member, args, detail in cases:
-        named = banguictl.watched(interface, member, args)
+        named = watched(interface, member, args)
         assert named is not None, member
-        line = banguictl.watch_line(member, named, ts)
+        line = watch_line(member, named, ts)
         assert line.startswith(ts + "  " + member)
         assert line.endswith(detail), line
-    assert banguictl.watched(IFACE_CORE, "Unknown", []) is None
-    assert banguictl.watched(IFACE_PROPERTIES, "PropertiesChanged", [IFACE_CORE, {}, []]) is None
+    assert watched(IFACE_CORE, "Unknown", []) is None
+    assert watched(IFACE_PROPERTIES, "PropertiesChanged", [IFACE_CORE, {}, []]) is None
 
 
 async def test_watch_subprocess_exits_0_on_sigterm(fake: FakeDaemon, bus_address: str) -> None:
