@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import signal
+import threading
 from dataclasses import replace
 
 import structlog
@@ -87,6 +90,7 @@ class Daemon:
         if not connected:
             log.error("dbus_connection_lost")
         log.info("daemon_stopping")
+        _arm_exit_guard(0 if connected else 1)
         self.state.set_phase(STOPPING)
         self.notifier.stopping()
         for task in (*background, stopping, disconnected):
@@ -161,6 +165,25 @@ class Daemon:
                 scheduler.set_interval(name, float(interval))
         self.config = new
         log.info("config_reloaded", path=self._config_path)
+
+
+def _arm_exit_guard(code: int) -> threading.Timer:
+    """Exit within the stop budget even if a stray worker thread would hold the
+    interpreter (Python waits for non-daemon threads and executor jobs at exit).
+
+    Everything is flushed and closed by then; the guard only names what was left.
+    """
+
+    def force() -> None:
+        left = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        log.warning("forced_exit", exit_code=code, threads_left=left)
+        logging.shutdown()
+        os._exit(code)
+
+    guard = threading.Timer(STOP_BUDGET, force)
+    guard.daemon = True
+    guard.start()
+    return guard
 
 
 def run_daemon(config: Config, config_path: str | None) -> int:
