@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import structlog
 
+from bangui_daemon.archive.db import Migration
 from bangui_daemon.config import Config, load_config
 from bangui_daemon.dbus.names import BUS_NAME
 from bangui_daemon.dbus.server import DbusServer
@@ -32,6 +33,7 @@ from bangui_daemon.wiring import Components, build
 log = structlog.get_logger(__name__)
 
 STATUS_EVERY = 10.0
+MIGRATION_BUDGET = 3600  # s asked of systemd per schema step (a table rebuild)
 STOP_BUDGET = 4.0  # systemd and the tests expect an exit within 5 s of SIGTERM
 
 
@@ -55,7 +57,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         try:
             self.notifier.status("opening the archive")
-            parts = await build(lambda: self.config, self.hub, self.state)
+            parts = await build(lambda: self.config, self.hub, self.state, self._migrating)
             try:
                 return await self._serve(parts)
             finally:
@@ -63,6 +65,11 @@ class Daemon:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+
+    def _migrating(self, migration: Migration) -> None:
+        self.notifier.extend_startup(
+            MIGRATION_BUDGET, f"migrating the archive to schema {migration.version}"
+        )
 
     async def _serve(self, parts: Components) -> int:
         cfg = self.config

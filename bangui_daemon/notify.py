@@ -91,6 +91,14 @@ class Notifier:
         """Show *text* in `systemctl status`."""
         self._send(f"STATUS={_clean(text)}")
 
+    def extend_startup(self, seconds: int, status: str) -> None:
+        """Ask systemd for `seconds` more before TimeoutStartSec kills a long startup step.
+
+        A schema migration may rebuild a table of millions of rows; killed midway it
+        would roll back and start over on every restart.
+        """
+        self._send(f"EXTEND_TIMEOUT_USEC={seconds * 1_000_000}\nSTATUS={_clean(status)}")
+
     def stopping(self) -> None:
         """Report that shutdown has begun, so systemd does not call it a crash."""
         self._send("STOPPING=1")

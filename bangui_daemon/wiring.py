@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bangui_daemon.archive.db import Archive
+from bangui_daemon.archive.db import Archive, Migration
 from bangui_daemon.archive.events_repo import EventsRepository
 from bangui_daemon.archive.geo_repo import GeoCacheRepository
 from bangui_daemon.blocklist.importer import Importer
@@ -80,10 +80,15 @@ async def _value(value: int) -> int:
     return value
 
 
-async def build(config: Callable[[], Config], hub: EventHub, state: DaemonState) -> Components:
+async def build(
+    config: Callable[[], Config],
+    hub: EventHub,
+    state: DaemonState,
+    on_migration: Callable[[Migration], None] = lambda _m: None,
+) -> Components:
     """Open the archive (migrating it) and build the rest on top of it."""
     cfg = config()
-    archive = await Archive.open(cfg.archive.path)
+    archive = await Archive.open(cfg.archive.path, on_migration=on_migration)
     client = Fail2banClient(cfg.fail2ban.socket, cfg.fail2ban.timeout)
     scheduler = Scheduler(hub, state.task_result)
 
@@ -91,10 +96,10 @@ async def build(config: Callable[[], Config], hub: EventHub, state: DaemonState)
     await events.load()
     sync = HistorySync(
         archive,
+        events,
         lambda: config().fail2ban.database,
         lambda: config().blocklist.jail,
         hub,
-        on_added=events.added,
     )
     await sync.load()
 

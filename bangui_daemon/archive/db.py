@@ -12,6 +12,7 @@ import contextlib
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -64,14 +65,24 @@ class Archive:
         self._side: set[aiosqlite.Connection] = set()
 
     @classmethod
-    async def open(cls, path: str, migrations: Sequence[Migration] | None = None) -> Archive:
-        """Open (creating if needed) and migrate the archive at `path`."""
+    async def open(
+        cls,
+        path: str,
+        migrations: Sequence[Migration] | None = None,
+        on_migration: Callable[[Migration], None] = lambda _m: None,
+    ) -> Archive:
+        """Open (creating if needed) and migrate the archive at `path`.
+
+        `on_migration` is told before each step: a step may rebuild a large table.
+        """
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path)
         try:
             await writer.execute("PRAGMA journal_mode=WAL")
-            await _migrate(writer, bundled_migrations() if migrations is None else migrations)
+            await _migrate(
+                writer, bundled_migrations() if migrations is None else migrations, on_migration
+            )
             reader = await _connect(path, query_only=True)
         except BaseException:
             await _close(writer)
@@ -118,18 +129,18 @@ class Archive:
             await _close(conn)  # cancelled here: it stays in _side for close()
             self._side.discard(conn)
 
-    async def delete_in_batches(
+    async def change_in_batches(
         self,
         sql: str,
         params: Sequence[Any],
         batch: int,
         on_batch: Callable[[int], object] | None = None,
     ) -> int:
-        """Run a DELETE whose last parameter is a LIMIT, one short transaction per batch,
-        until a batch comes back short; return the rows deleted.
+        """Run a DELETE or UPDATE whose last parameter is a LIMIT, one short transaction
+        per batch, until a batch comes back short; return the rows changed.
 
-        Purges never hold the writer long, and an interrupted one is simply continued
-        by the next run (each batch only removes what is already past the cutoff).
+        Purges and merges never hold the writer long, and an interrupted one is simply
+        continued by the next run (each batch only takes rows still to be changed).
         """
         deleted = 0
         while True:
@@ -226,7 +237,11 @@ async def _current_version(conn: aiosqlite.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-async def _migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration]) -> None:
+async def _migrate(
+    conn: aiosqlite.Connection,
+    migrations: Sequence[Migration],
+    on_migration: Callable[[Migration], None],
+) -> None:
     current = await _current_version(conn)
     known = migrations[-1].version if migrations else 0
     if current > known:
@@ -237,6 +252,8 @@ async def _migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration]) 
     for migration in migrations:
         if migration.version <= current:
             continue
+        on_migration(migration)
+        started = time.monotonic()
         # The whole step, version bump included, is one transaction inside the script,
         # so a failure or a crash leaves the previous version intact.
         script = (
@@ -254,4 +271,9 @@ async def _migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration]) 
                 await conn.execute("ROLLBACK")
             log.error("migration_failed", migration=migration.name)
             raise
-        log.info("migration_applied", migration=migration.name, version=migration.version)
+        log.info(
+            "migration_applied",
+            migration=migration.name,
+            version=migration.version,
+            seconds=round(time.monotonic() - started, 3),
+        )

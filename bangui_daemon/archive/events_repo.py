@@ -13,6 +13,8 @@ from typing import Any
 
 from bangui_daemon.archive.db import Archive, Row
 
+HOUR = 3600  # the bucket of ban_event_hours
+MERGE_BATCH = 5000  # rows folded into the main ip index per transaction
 EVENT_COLUMNS = (
     "e.id, e.action, e.jail, e.ip, e.timeofban, e.bantime, e.bancount, e.data, e.origin, "
     "COALESCE(g.country_code, ''), COALESCE(g.asn, ''), COALESCE(g.org, '')"
@@ -78,42 +80,97 @@ def _text_prefix(network: str) -> str | None:
     return ".".join(octets) + "."
 
 
+def _ip_term(cond: str, params: list[Any]) -> tuple[str, list[Any]]:
+    """`cond` on ip, served by both partial ip indexes (see migration 0004)."""
+    both = f"((e.ip_indexed = 1 AND {cond}) OR (e.ip_indexed = 0 AND {cond}))"
+    return both, [*params, *params]
+
+
 def _where(f: HistoryFilter) -> tuple[str, list[Any], bool]:
     """Return (WHERE clause, params, needs the geo join)."""
     conds: list[str] = []
     params: list[Any] = []
-    if f.since is not None:
-        conds.append("e.timeofban >= ?")
-        params.append(f.since)
-    if f.until is not None:
-        conds.append("e.timeofban < ?")
-        params.append(f.until)
-    if f.jail is not None:
-        conds.append("e.jail = ?")
-        params.append(f.jail)
+    by_ip = f.ip is not None or f.network is not None
+    # An address matches a handful of rows: when one is given it must drive the plan,
+    # so "+" keeps the planner (which has no statistics) off the time and jail indexes.
+    plus = "+" if by_ip else ""
     if f.ip is not None:
-        conds.append("e.ip = ?")
-        params.append(f.ip)
+        term, term_params = _ip_term("e.ip = ?", [f.ip])
+        conds.append(term)
+        params.extend(term_params)
     if f.network is not None:
         prefix = _text_prefix(f.network)
-        if prefix is not None:  # narrow with the ip-led natural key first
-            conds.append("e.ip >= ? AND e.ip < ?")
-            params.extend([prefix, prefix[:-1] + "/"])  # '/' sorts right after '.'
+        if prefix is not None:  # narrow with the ip indexes first
+            # '/' sorts right after '.'
+            term, term_params = _ip_term("e.ip >= ? AND e.ip < ?", [prefix, prefix[:-1] + "/"])
+            conds.append(term)
+            params.extend(term_params)
         conds.append("ip_in_network(e.ip, ?)")
         params.append(f.network)
+    if f.since is not None:
+        conds.append(f"{plus}e.timeofban >= ?")
+        params.append(f.since)
+    if f.until is not None:
+        conds.append(f"{plus}e.timeofban < ?")
+        params.append(f.until)
+    if f.jail is not None:
+        conds.append(f"{plus}e.jail = ?")
+        params.append(f.jail)
     if f.origin is not None:
         conds.append("e.origin = ?")
         params.append(f.origin)
     if f.action is not None:
-        # "+": an action matches about half the archive, so it must never drive the
-        # plan; the time, ip or jail index serves the page instead
-        conds.append("+e.action = ?")
+        conds.append("e.action = ?")
         params.append(f.action)
     geo = f.country_code is not None
     if geo:
         conds.append("g.country_code = ?")
         params.append(f.country_code)
     return (" WHERE " + " AND ".join(conds)) if conds else "", params, geo
+
+
+def _and(conds: Sequence[str]) -> str:
+    return (" WHERE " + " AND ".join(conds)) if conds else ""
+
+
+def _total_from_hours(f: HistoryFilter) -> tuple[str, list[Any]] | None:
+    """SQL for `total` from ban_event_hours, or None where an exact count is cheap anyway.
+
+    Whole hours inside [since, until) come from the hourly counts; the partial hours
+    at either end are counted exactly, so the figure is exact and costs at most two
+    hours of rows however much of the archive the filter matches.
+    """
+    if f.ip is not None or f.network is not None or f.country_code is not None:
+        return None  # an address matches few rows; a country needs the geo join
+    named = (("jail", f.jail), ("action", f.action), ("origin", f.origin))
+    attrs = [(c, v) for c, v in named if v is not None]
+    first_hour = None if f.since is None else -(-f.since // HOUR)  # first whole hour
+    end_hour = None if f.until is None else f.until // HOUR  # hours before it are whole
+    if first_hour is not None and end_hour is not None and first_hour >= end_hour:
+        return None  # under two hours of rows: count them
+    hour_conds = [f"{c} = ?" for c, _ in attrs]
+    hour_params: list[Any] = [v for _, v in attrs]
+    if first_hour is not None:
+        hour_conds.append("hour >= ?")
+        hour_params.append(first_hour)
+    if end_hour is not None:
+        hour_conds.append("hour < ?")
+        hour_params.append(end_hour)
+    parts = [f"(SELECT coalesce(sum(events), 0) FROM ban_event_hours{_and(hour_conds)})"]
+    params = hour_params
+    edges: list[tuple[int, int]] = []
+    if f.since is not None and first_hour is not None and f.since < first_hour * HOUR:
+        edges.append((f.since, first_hour * HOUR))
+    if f.until is not None and end_hour is not None and end_hour * HOUR < f.until:
+        edges.append((end_hour * HOUR, f.until))
+    for start, end in edges:
+        conds = ["e.timeofban >= ?", "e.timeofban < ?", *(f"e.{c} = ?" for c, _ in attrs)]
+        parts.append(f"(SELECT count(*) FROM ban_events AS e{_and(conds)})")
+        params = [*params, start, end, *(v for _, v in attrs)]
+    return "SELECT " + " + ".join(parts), params
+
+
+_IP_IS = _ip_term("e.ip = ?", [])[0]  # one address; bind it twice
 
 
 class EventsRepository:
@@ -136,15 +193,15 @@ class EventsRepository:
         if not events:
             return 0
         async with self._archive.write() as conn:
-            before = conn.total_changes
             # A live ban's time is truncated (`banip --with-time`), fail2ban's row has it
             # rounded: when the sync already copied the row one second later, that is it.
-            await conn.executemany(
+            # rowcount, not total_changes: the hourly-count triggers' writes are not events
+            cursor = await conn.executemany(
                 "INSERT INTO ban_events (action, jail, ip, timeofban, bantime, origin, "
                 "recorded_by) SELECT :action, :jail, :ip, :t, :bantime, :origin, 'ban_watch' "
                 "WHERE :action != 'ban' OR NOT EXISTS (SELECT 1 FROM ban_events "
                 "  WHERE action = 'ban' AND jail = :jail AND ip = :ip AND timeofban = :t + 1) "
-                "ON CONFLICT (ip, timeofban, jail, action) DO NOTHING",
+                "ON CONFLICT (timeofban, jail, ip, action) DO NOTHING",
                 [
                     {
                         "action": e.action,
@@ -157,7 +214,8 @@ class EventsRepository:
                     for e in events
                 ],
             )
-            added = conn.total_changes - before
+            added = max(cursor.rowcount, 0)
+            await cursor.close()
         self.count += added
         return added
 
@@ -166,12 +224,12 @@ class EventsRepository:
         where, params, geo = _where(f)
         join = " LEFT JOIN geo_cache AS g ON g.ip = e.ip"
         total_join = join if geo else ""
-        total = int(
-            await self._archive.scalar(
-                f"SELECT count(*) FROM ban_events AS e{total_join}{where}", params
-            )
-            or 0
+        by_hours = _total_from_hours(f)
+        count_sql, count_params = by_hours or (
+            f"SELECT count(*) FROM ban_events AS e{total_join}{where}",
+            params,
         )
+        total = int(await self._archive.scalar(count_sql, count_params) or 0)
         rows = await self._archive.fetchall(
             f"SELECT {EVENT_COLUMNS} FROM ban_events AS e{join}{where} "
             "ORDER BY e.timeofban DESC, e.id DESC LIMIT ? OFFSET ?",
@@ -183,22 +241,22 @@ class EventsRepository:
         """Every event of one address, newest first (bounded)."""
         rows = await self._archive.fetchall(
             f"SELECT {EVENT_COLUMNS} FROM ban_events AS e LEFT JOIN geo_cache AS g "
-            "ON g.ip = e.ip WHERE e.ip = ? ORDER BY e.timeofban DESC, e.id DESC LIMIT ?",
-            (ip, limit),
+            f"ON g.ip = e.ip WHERE {_IP_IS} ORDER BY e.timeofban DESC, e.id DESC LIMIT ?",
+            (ip, ip, limit),
         )
         return [EventRow(*r) for r in rows]
 
     async def ip_summary(self, ip: str) -> Row | None:
         """(total bans, first seen, last seen) of one address."""
         return await self._archive.fetchone(
-            "SELECT count(*) FILTER (WHERE action = 'ban'), min(timeofban), max(timeofban) "
-            "FROM ban_events WHERE ip = ?",
-            (ip,),
+            "SELECT count(*) FILTER (WHERE e.action = 'ban'), min(e.timeofban), "
+            f"max(e.timeofban) FROM ban_events AS e WHERE {_IP_IS}",
+            (ip, ip),
         )
 
     async def ip_jails(self, ip: str) -> list[str]:
         rows = await self._archive.fetchall(
-            "SELECT DISTINCT jail FROM ban_events WHERE ip = ? ORDER BY jail", (ip,)
+            f"SELECT DISTINCT e.jail FROM ban_events AS e WHERE {_IP_IS} ORDER BY 1", (ip, ip)
         )
         return [str(r[0]) for r in rows]
 
@@ -247,10 +305,34 @@ class EventsRepository:
         def deleted(n: int) -> None:
             self.count -= n
 
-        return await self._archive.delete_in_batches(
+        removed = await self._archive.change_in_batches(
             "DELETE FROM ban_events WHERE id IN "
             "(SELECT id FROM ban_events WHERE timeofban < ? ORDER BY timeofban LIMIT ?)",
             (cutoff,),
             batch,
             on_batch=deleted,
+        )
+        if removed:
+            async with self._archive.write() as conn:  # hours the purge emptied
+                await conn.execute("DELETE FROM ban_event_hours WHERE events = 0")
+        return removed
+
+    async def recent_ips(self) -> int:
+        """Events still in the small "recent" ip index (see migration 0004)."""
+        return int(
+            await self._archive.scalar("SELECT count(*) FROM ban_events WHERE ip_indexed = 0") or 0
+        )
+
+    async def merge_recent_ips(self, batch: int = MERGE_BATCH) -> int:
+        """Fold the recent ip index into the main one, in ip order, a batch per
+        transaction; return the rows moved.
+
+        Batches keep the writer free for the ban watch, and ip order lets each leaf of
+        the main index take its rows together.
+        """
+        return await self._archive.change_in_batches(
+            "UPDATE ban_events SET ip_indexed = 1 WHERE id IN (SELECT id FROM ban_events "
+            "WHERE ip_indexed = 0 ORDER BY ip LIMIT ?)",
+            (),
+            batch,
         )

@@ -47,7 +47,8 @@ class Fail2banCopy:
         data = "b.data" if "data" in columns else "NULL"
         self._select = (
             f"SELECT 'ban', b.jail, b.ip, b.timeofban, b.bantime, {bancount}, {data}, "
-            "CASE WHEN b.jail = :blocklist THEN 'blocklist' ELSE 'selfblock' END, 'history_sync' "
+            "CASE WHEN b.jail = :blocklist THEN 'blocklist' ELSE 'selfblock' END, "
+            "'history_sync', :ip_indexed "
             "FROM f2b.bans AS b WHERE b.ip IS NOT NULL AND {where}"
         )
         self._fill = (
@@ -103,16 +104,27 @@ class Fail2banCopy:
         return None if not rows else row_key(*rows[0])
 
     async def copy_range(
-        self, after: int, upto: int, blocklist_jail: str, state: Mapping[str, str]
+        self,
+        after: int,
+        upto: int,
+        blocklist_jail: str,
+        state: Mapping[str, str],
+        *,
+        bulk: bool = False,
     ) -> int:
-        """Copy rows with after < rowid <= upto and store `state`; return rows added."""
+        """Copy rows with after < rowid <= upto and store `state`; return rows added.
+
+        `bulk` rows go straight into the main ip index: a large page gives each of its
+        leaves many rows. Small copies go to the recent one (see migration 0004).
+        """
         where = "b.rowid > :after AND b.rowid <= :upto"
-        params = {"after": after, "upto": upto, "blocklist": blocklist_jail}
+        params = {"after": after, "upto": upto, "blocklist": blocklist_jail, "ip_indexed": bulk}
         return await self._copy(where, params, state)
 
     async def copy_ip(self, ip: str, blocklist_jail: str) -> int:
         """Copy every row fail2ban has for `ip` (before an unban deletes them)."""
-        return await self._copy("b.ip = :ip", {"ip": ip, "blocklist": blocklist_jail}, {})
+        params = {"ip": ip, "blocklist": blocklist_jail, "ip_indexed": False}
+        return await self._copy("b.ip = :ip", params, {})
 
     async def _copy(
         self, where: str, params: Mapping[str, object], state: Mapping[str, str]
@@ -126,16 +138,16 @@ class Fail2banCopy:
                     "SELECT 1 FROM ban_events WHERE recorded_by = 'ban_watch' LIMIT 1"
                 )
             )
-            fill_params = {k: v for k, v in params.items() if k != "blocklist"}
+            fill_params = {k: v for k, v in params.items() if k not in ("blocklist", "ip_indexed")}
             await conn.execute("BEGIN")
             try:
                 if pending:
                     await conn.execute(self._align.format(where=where), fill_params)
                 cursor = await conn.execute(
                     "INSERT INTO ban_events (action, jail, ip, timeofban, bantime, bancount, "
-                    "data, origin, recorded_by) "
+                    "data, origin, recorded_by, ip_indexed) "
                     + self._select.format(where=where)
-                    + " ON CONFLICT (ip, timeofban, jail, action) DO NOTHING",
+                    + " ON CONFLICT (timeofban, jail, ip, action) DO NOTHING",
                     dict(params),
                 )
                 added = cursor.rowcount

@@ -221,7 +221,7 @@ class GeoCacheRepository:
     async def delete_stale(self, cutoff: int) -> int:
         """Delete entries last seen before ``cutoff`` in short transactions; return
         the count. An interrupted run is simply continued by the next one."""
-        return await self._archive.delete_in_batches(
+        return await self._archive.change_in_batches(
             "DELETE FROM geo_cache WHERE ip IN "
             "(SELECT ip FROM geo_cache WHERE last_seen < ? LIMIT ?)",
             (cutoff,),

@@ -1,10 +1,14 @@
 """The history_sync task: copy fail2ban's new ban rows into the archive.
 
 Incremental by fail2ban's rowid: only rows above the high-water mark are read, so a
-run costs what is new, not what is archived. The row at the mark is fingerprinted;
-when it changed or vanished (fail2ban's DB recreated or restored, or its newest rows
-deleted by an unban so that rowids are reused) the copy starts again from rowid 0,
-and the archive's natural key drops what it already has: nothing is lost or doubled.
+run costs what is new, not what is archived. Small runs put their rows in the recent
+ip index; once it holds RECENT_MAX rows the run folds it into the main one, so that
+cost, which does grow with the archive, is paid in large, cheaper batches.
+
+The row at the mark is fingerprinted; when it changed or vanished (fail2ban's DB
+recreated or restored, or its newest rows deleted by an unban so that rowids are
+reused) the copy starts again from rowid 0, and the archive's natural key drops what
+it already has: nothing is lost or doubled.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable
 import structlog
 
 from bangui_daemon.archive.db import Archive
+from bangui_daemon.archive.events_repo import EventsRepository
 from bangui_daemon.archive.f2b_copy import Fail2banCopy, Fail2banDbMissing
 from bangui_daemon.archive.state_repo import get_state, put_state
 from bangui_daemon.events import EventHub, HistorySynced
@@ -25,6 +30,7 @@ log = structlog.get_logger(__name__)
 
 NAME = "history_sync"
 PAGE_ROWS = 20_000
+RECENT_MAX = 20_000  # rows in the recent ip index before a run merges it
 MARK_ROWID = "history_sync.rowid"
 MARK_KEY = "history_sync.row_key"
 LAST_SYNC = "history_sync.finished_at"
@@ -36,16 +42,16 @@ class HistorySync:
     def __init__(
         self,
         archive: Archive,
+        events: EventsRepository,
         f2b_path: Callable[[], str],
         blocklist_jail: Callable[[], str],
         hub: EventHub,
-        on_added: Callable[[int], None] = lambda _n: None,
     ) -> None:
         self._archive = archive
+        self._events = events
         self._f2b_path = f2b_path
         self._blocklist_jail = blocklist_jail
         self._hub = hub
-        self._on_added = on_added
         self._lock = asyncio.Lock()
         self.last_sync = 0
 
@@ -68,7 +74,7 @@ class HistorySync:
                 added = await copy.copy_ip(ip, self._blocklist_jail())
         except Fail2banDbMissing:
             return 0
-        self._on_added(added)
+        self._events.added(added)
         return added
 
     async def _sync(self) -> dict[str, object]:
@@ -84,18 +90,20 @@ class HistorySync:
                     mark = 0
                 added = 0
                 jail = self._blocklist_jail()
+                bulk = top - mark >= RECENT_MAX
                 while mark < top:
                     upto = min(mark + PAGE_ROWS, top)
                     key = await copy.row_key(upto) or ""
                     state = {MARK_ROWID: str(upto), MARK_KEY: key}
-                    page_added = await copy.copy_range(mark, upto, jail, state)
+                    page_added = await copy.copy_range(mark, upto, jail, state, bulk=bulk)
                     added += page_added
-                    self._on_added(page_added)
+                    self._events.added(page_added)
                     mark = upto
                     await asyncio.sleep(0)  # let D-Bus callers and fail2ban in between pages
         except Fail2banDbMissing as exc:
             log.warning("history_sync_no_database", reason=str(exc))
             return {"new_events": 0, "skipped": "fail2ban database not found"}
+        merged = await self._merge_recent_ips()
         self.last_sync = int(time.time())
         async with self._archive.write() as conn:
             await put_state(conn, LAST_SYNC, str(self.last_sync))
@@ -103,6 +111,18 @@ class HistorySync:
                 await put_state(conn, MARK_ROWID, "0")
         seconds = time.monotonic() - started
         (log.info if added else log.debug)(
-            "history_sync_complete", new_events=added, rescanned=rescan, seconds=round(seconds, 3)
+            "history_sync_complete",
+            new_events=added,
+            rescanned=rescan,
+            merged_ip_index=merged,
+            seconds=round(seconds, 3),
         )
         return {"new_events": added, "rescanned": rescan, "high_water_mark": mark}
+
+    async def _merge_recent_ips(self) -> int:
+        if await self._events.recent_ips() < RECENT_MAX:
+            return 0
+        started = time.monotonic()
+        merged = await self._events.merge_recent_ips()
+        log.info("ip_index_merged", rows=merged, seconds=round(time.monotonic() - started, 3))
+        return merged

@@ -81,13 +81,14 @@ class Synced:
     def __init__(self, archive: Archive, db: Path) -> None:
         self.db = db
         self.published: list[Event] = []
-        self.counted = 0
+        self.events = EventsRepository(archive)  # counts from 0: the archive starts empty
         hub = EventHub()
         hub.subscribe(self.published.append)
-        self.sync = HistorySync(archive, lambda: str(self.db), lambda: BLOCKLIST, hub, self.add)
+        self.sync = HistorySync(archive, self.events, lambda: str(self.db), lambda: BLOCKLIST, hub)
 
-    def add(self, n: int) -> None:
-        self.counted += n
+    @property
+    def counted(self) -> int:
+        return self.events.count
 
 
 @pytest.fixture
@@ -149,6 +150,31 @@ async def test_sync_copies_everything_once_and_again_adds_nothing(
     assert third["new_events"] == 10
     assert third["high_water_mark"] == 1010
     assert ban_keys(await archived(archive)) == f2b_keys(db)
+
+
+async def test_sync_indexes_bulk_pages_at_once_and_merges_small_runs_in_batches(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(history_sync, "RECENT_MAX", 100)
+    monkeypatch.setattr(history_sync, "PAGE_ROWS", 40)
+
+    async def recent() -> int:
+        return int(await archive.scalar("SELECT count(*) FROM ban_events WHERE ip_indexed = 0"))
+
+    db = f2b_db(tmp_path / "f2b.sqlite3", ban_rows(250))
+    s = Synced(archive, db)
+    assert (await s.sync.run())["new_events"] == 250  # a backfill: the main index directly
+    assert await recent() == 0
+    for n in range(1, 4):  # small runs wait in the recent index ...
+        add_rows(db, ban_rows(30, start=250 + 30 * (n - 1)))
+        assert (await s.sync.run())["new_events"] == 30
+        assert await recent() == 30 * n
+    add_rows(db, ban_rows(30, start=340))
+    assert (await s.sync.run())["new_events"] == 30  # ... until they are RECENT_MAX
+    assert await recent() == 0
+    assert ban_keys(await archived(archive)) == f2b_keys(db)
+    history = await EventsRepository(archive).for_ip("45.0.1.104", 10)  # row 360
+    assert [(e.jail, e.timeofban) for e in history] == [(BLOCKLIST, NOW - 10_000 + 360)]
 
 
 async def test_sync_survives_fail2ban_db_recreated_and_rowids_reused(
@@ -383,12 +409,18 @@ async def test_filtered_page_never_scans_ban_events(archive: Archive, name: str)
     await events.page(PLAN_FILTERS[name], 0, 50)
     plans = await recorder.plans()
     assert len(plans) == 2  # the count and the page
-    for plan in plans:
-        on_events = [line for line in plan if line.split()[1:2] == ["e"]]
-        assert on_events, plan
-        for line in on_events:
+    count_plan, page_plan = plans
+    assert any(line.split()[1:2] == ["e"] for line in page_plan), page_plan
+    for line in count_plan + page_plan:
+        table = line.split()[1:2]
+        if table == ["e"]:
             # "SCAN e" is a full scan of the table or of a whole index
-            assert line.startswith("SEARCH e USING "), (name, plan)
-            # the natural key's index is led by ip: fine when the search is bounded by it
+            assert line.startswith("SEARCH e USING "), (name, line)
+            # the natural key's index is led by time: fine when the search is bounded by it
             if "sqlite_autoindex" in line:
-                assert "(ip=" in line or "(ip>" in line, (name, plan)
+                assert "(timeofban" in line, (name, line)
+        elif table == ["ban_event_hours"]:
+            # a whole scan of the hourly counts only when no time bounds them
+            assert line.startswith("SEARCH") or "since" not in name, (name, line)
+        else:
+            assert table != ["ban_events"], (name, line)

@@ -236,8 +236,17 @@ SIGNATURES = {
     "action": "s",
 }
 CANDIDATES: dict[str, list[Any]] = {
-    "since": [START - 1, START + 2 * DAY, START + 5 * DAY + 7 * 60, NOW - HOUR, NOW + DAY],
-    "until": [START, START + 3 * DAY, START + 8 * DAY + 7 * 60, NOW + 1],
+    # bounds inside an hour too: totals add whole hours from ban_event_hours to exact
+    # counts of the partial hours at either end
+    "since": [
+        START - 1,
+        START + 2 * DAY,
+        START + 5 * DAY + 7 * 60,
+        START + 6 * DAY + 1799,
+        NOW - HOUR,
+        NOW + DAY,
+    ],
+    "until": [START, START + 3 * DAY, START + 6 * DAY + 5000, START + 8 * DAY + 7 * 60, NOW + 1],
     "jail": [*JAILS, "no-such-jail"],
     "ip": [
         "45.33.12.7",

@@ -1,0 +1,86 @@
+-- Make a sync's cost depend on its new rows, not on the archive's size, and make
+-- `total` cheap for filters that match most of the archive.
+--
+-- 1. The natural key is led by time. New events have recent times, so inserting them
+--    touches the right edge of the key's index only; an ip-led key took a random leaf
+--    per row, and how many distinct leaves 1,000 rows dirty grows with the archive.
+-- 2. Per-address lookups use two partial indexes on (ip, timeofban), told apart by
+--    `ip_indexed`. Small writes (incremental syncs, the ban watch) land in the
+--    "recent" index, which stays small; the archive folds them into the main one in
+--    batches (events_repo.merge_recent_ips), where a leaf takes many rows at once.
+--    Bulk pages (a first sync) go straight to the main index.
+-- 3. ban_event_hours keeps event counts per hour, jail, action and origin, kept exact
+--    by triggers on every write: GetHistory's total over a time range is the sum of
+--    whole hours plus an exact count of the two partial hours at its ends.
+--
+-- The table is rebuilt: SQLite cannot drop a UNIQUE constraint in place.
+
+CREATE TABLE ban_events_v4 (
+    id          INTEGER PRIMARY KEY,
+    action      TEXT    NOT NULL CHECK (action IN ('ban', 'unban')),
+    jail        TEXT    NOT NULL,
+    ip          TEXT    NOT NULL,
+    timeofban   INTEGER NOT NULL,           -- for an unban: when the ban was lifted
+    bantime     INTEGER NOT NULL DEFAULT 0, -- seconds, -1 = permanent
+    bancount    INTEGER NOT NULL DEFAULT 1,
+    data        BLOB,                       -- fail2ban's JSON (failures, matches), verbatim
+    origin      TEXT    NOT NULL DEFAULT 'selfblock' CHECK (origin IN ('selfblock', 'blocklist')),
+    recorded_by TEXT    NOT NULL DEFAULT 'history_sync',
+    ip_indexed  INTEGER NOT NULL DEFAULT 0 CHECK (ip_indexed IN (0, 1)), -- 1: in ban_events_ip
+    UNIQUE (timeofban, jail, ip, action)
+);
+INSERT INTO ban_events_v4 (id, action, jail, ip, timeofban, bantime, bancount, data, origin,
+                           recorded_by, ip_indexed)
+SELECT id, action, jail, ip, timeofban, bantime, bancount, data, origin, recorded_by, 1
+FROM ban_events ORDER BY id;
+DROP TABLE ban_events;  -- drops its indexes too
+ALTER TABLE ban_events_v4 RENAME TO ban_events;
+
+CREATE INDEX ban_events_ip ON ban_events (ip, timeofban) WHERE ip_indexed = 1;
+CREATE INDEX ban_events_ip_recent ON ban_events (ip, timeofban) WHERE ip_indexed = 0;
+CREATE INDEX ban_events_jail_time ON ban_events (jail, timeofban);
+-- Events recorded live by the ban watch, waiting for fail2ban's row to fill in `data`.
+CREATE INDEX ban_events_from_watch ON ban_events (jail, ip, timeofban)
+    WHERE recorded_by = 'ban_watch';
+
+CREATE TABLE ban_event_hours (
+    hour   INTEGER NOT NULL,  -- floor(timeofban / 3600)
+    jail   TEXT    NOT NULL,
+    action TEXT    NOT NULL,
+    origin TEXT    NOT NULL,
+    events INTEGER NOT NULL,
+    PRIMARY KEY (hour, jail, action, origin)
+) WITHOUT ROWID;
+
+INSERT INTO ban_event_hours (hour, jail, action, origin, events)
+SELECT CASE WHEN timeofban >= 0 THEN timeofban / 3600 ELSE (timeofban - 3599) / 3600 END,
+       jail, action, origin, count(*)
+FROM ban_events GROUP BY 1, 2, 3, 4;
+
+CREATE TRIGGER ban_events_count_insert AFTER INSERT ON ban_events BEGIN
+    INSERT INTO ban_event_hours (hour, jail, action, origin, events)
+    VALUES (CASE WHEN NEW.timeofban >= 0 THEN NEW.timeofban / 3600
+                 ELSE (NEW.timeofban - 3599) / 3600 END,
+            NEW.jail, NEW.action, NEW.origin, 1)
+    ON CONFLICT DO UPDATE SET events = events + 1;
+END;
+
+CREATE TRIGGER ban_events_count_delete AFTER DELETE ON ban_events BEGIN
+    UPDATE ban_event_hours SET events = events - 1
+    WHERE hour = CASE WHEN OLD.timeofban >= 0 THEN OLD.timeofban / 3600
+                      ELSE (OLD.timeofban - 3599) / 3600 END
+      AND jail = OLD.jail AND action = OLD.action AND origin = OLD.origin;
+END;
+
+CREATE TRIGGER ban_events_count_update AFTER UPDATE OF timeofban, jail, action, origin
+ON ban_events BEGIN
+    UPDATE ban_event_hours SET events = events - 1
+    WHERE hour = CASE WHEN OLD.timeofban >= 0 THEN OLD.timeofban / 3600
+                      ELSE (OLD.timeofban - 3599) / 3600 END
+      AND jail = OLD.jail AND action = OLD.action AND origin = OLD.origin;
+    INSERT INTO ban_event_hours (hour, jail, action, origin, events)
+    VALUES (CASE WHEN NEW.timeofban >= 0 THEN NEW.timeofban / 3600
+                 ELSE (NEW.timeofban - 3599) / 3600 END,
+            NEW.jail, NEW.action, NEW.origin, 1)
+    ON CONFLICT DO UPDATE SET events = events + 1;
+END;
