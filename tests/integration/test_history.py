@@ -8,6 +8,7 @@ fail2ban package) on the sandbox's DB, with the purge age fail2ban itself report
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import itertools
 import json
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from bangui_daemon.archive.db import Archive, bundled_migrations
 from tests.harness.daemon import DaemonProcess
 from tests.harness.fail2ban import F2bSandbox
 from tests.harness.util import wait_until
@@ -279,3 +281,55 @@ def test_ban_lifted_with_unbanip_between_two_syncs_stays_archived(
     # no duplicate ban events for the same ban
     events, total = history(busctl, ("ip", "s", "45.33.14.0/24"), ("action", "s", "ban"))
     assert total == 3
+
+
+async def _archive_of_schema_3(path: Path, rows: int, now: int) -> None:
+    """An archive as the previous release left it: schema 3, ip-led natural key."""
+    archive = await Archive.open(str(path), migrations=bundled_migrations()[:3])
+    try:
+        async with archive.write() as conn:
+            await conn.executemany(
+                "INSERT INTO ban_events (action, jail, ip, timeofban, bantime, data) "
+                "VALUES (?, ?, ?, ?, 600, ?)",
+                [
+                    (
+                        ("ban", "unban")[i % 4 == 3],
+                        ("sshd", "nginx")[i % 3 == 0],
+                        f"203.0.113.{i % 200}",
+                        now - 7 * i,
+                        b'{"matches": ["Failed password from x"], "failures": 1}',
+                    )
+                    for i in range(rows)
+                ],
+            )
+        assert await archive.schema_version() == 3
+    finally:
+        await archive.close()
+
+
+def test_archive_of_the_previous_schema_is_migrated_at_start_and_keeps_its_history(
+    start_daemon: Any, busctl: Runner, tmp_path: Path
+) -> None:
+    path = tmp_path / "archive-v3.sqlite3"
+    now = int(time.time())
+    asyncio.run(_archive_of_schema_3(path, 3000, now))
+    daemon = start_daemon(archive={"path": str(path)})
+
+    # systemd was asked for more start time before the rebuild, and told why
+    fields = [n.fields for n in daemon.notifications_since_start]
+    extend = next(i for i, f in enumerate(fields) if "EXTEND_TIMEOUT_USEC" in f)
+    ready = next(i for i, f in enumerate(fields) if f.get("READY") == "1")
+    assert extend < ready
+    assert int(fields[extend]["EXTEND_TIMEOUT_USEC"]) >= 600 * 1_000_000
+    assert fields[extend]["STATUS"] == "migrating the archive to schema 4"
+    migrated = [r for r in daemon.log_records() if r.get("event") == "migration_applied"]
+    assert [r["version"] for r in migrated] == [4]
+
+    (status,) = call(busctl, CORE, "GetStatus")
+    assert status["archived_events"] == 3000
+    events, total = history(busctl, ("ip", "s", "203.0.113.7"))
+    assert total == len(events) == 15  # i = 7, 207, ..., 2807
+    assert [e["timeofban"] for e in events] == [now - 7 * i for i in range(7, 3000, 200)]
+    assert events[0]["matches"] == ["Failed password from x"]
+    _, total = history(busctl, ("jail", "s", "nginx"), ("action", "s", "ban"))
+    assert total == sum(1 for i in range(3000) if i % 3 == 0 and i % 4 != 3)

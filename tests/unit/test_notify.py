@@ -89,6 +89,15 @@ def test_reloading_carries_monotonic_usec(systemd: FakeSystemd) -> None:
     assert before <= int(value) <= after
 
 
+def test_extend_startup_asks_for_time_and_says_why(systemd: FakeSystemd) -> None:
+    with contextlib.closing(Notifier()) as notifier:
+        notifier.extend_startup(3600, "migrating the archive\nto schema 4")
+    assert systemd.receive().split("\n") == [
+        "EXTEND_TIMEOUT_USEC=3600000000",
+        "STATUS=migrating the archive to schema 4",
+    ]
+
+
 def test_status_is_one_line_and_utf8(systemd: FakeSystemd) -> None:
     """A newline in a status (e.g. from a jail name) must not inject READY=1."""
     with contextlib.closing(Notifier()) as notifier:
