@@ -25,6 +25,7 @@ from bangui_daemon.geo.http_fallback import HttpGeoFallback
 from bangui_daemon.geo.lookup import MmdbResolver
 from bangui_daemon.services.bans import BanService
 from bangui_daemon.services.blocklists import BlocklistService
+from bangui_daemon.services.fail2ban_setup import Fail2banSetupCheck
 from bangui_daemon.services.geo import GeoService
 from bangui_daemon.services.history import HistoryService
 from bangui_daemon.services.safety import SafetyPolicy
@@ -147,7 +148,7 @@ async def build(
     watch = BanWatch(
         bans,
         hub,
-        [history.record_diff],
+        [history.record_diff, Fail2banSetupCheck(client, config)],
         quiet_jail=importer.quiet_jail,
         busy_jail=importer.busy_jail,
     )

@@ -14,9 +14,11 @@ with sqlite), then measures:
   the ``seconds`` of its ``history_sync_complete`` log line), and the ratio;
 * an incremental sync of 1,000 new rows over a 100k and over a 1M archive (``--repeat``
   RunTask calls over the bus, each after fail2ban's DB grew by 1,000 rows; the daemon's
-  own ``seconds`` and the RunTask round trip). The default 25 runs pass RECENT_MAX
-  once, so one run also folds the recent ip index into the main one: the median is a
-  typical run, the mean is the amortised cost with that merge included;
+  own ``seconds`` and the RunTask round trip). Both daemons run at once, on two buses,
+  and their runs alternate, so noise from the machine falls on both sizes alike. The
+  default 25 runs pass RECENT_MAX once, so one run also folds the recent ip index
+  into the main one: the median is a typical run, the mean is the amortised cost
+  with that merge included;
 * filtered GetHistory pages over the bus (DaemonClient, median of ``--queries``);
 * the daemon's VmRSS and VmHWM from /proc/PID/status.
 
@@ -127,18 +129,19 @@ class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args = args
         self.work = work
-        self.bus = PrivateSystemBus()
+        self.bus = PrivateSystemBus()  # the 1M daemon's
+        self.bus_small = PrivateSystemBus()  # the 100k daemon's, alive at the same time
         self.f2b = F2bSandbox(work / "f2b")
         self.results: dict[str, float] = {}
 
-    def daemon(self, f2b_db: Path, name: str) -> DaemonProcess:
+    def daemon(self, f2b_db: Path, name: str, bus: PrivateSystemBus) -> DaemonProcess:
         overrides = {
             "fail2ban": {"database": str(f2b_db)},
             "tasks": {"ban_watch": 2, "history_sync": 86400},
             "log": {"level": "info"},
         }
         return DaemonProcess.from_sandbox(
-            self.f2b, self.bus, overrides, work_dir=self.work / name
+            self.f2b, bus, overrides, work_dir=self.work / name
         ).start(ready_timeout=60)
 
     async def first_sync(self, daemon: DaemonProcess, rows: int) -> float:
@@ -151,25 +154,42 @@ class Bench:
         assert record["new_events"] == rows, record
         return float(record["seconds"])
 
-    async def incremental(
+    async def one_increment(
         self, client: DaemonClient, daemon: DaemonProcess, f2b_db: Path, first: int
-    ) -> Incremental:
-        """`--repeat` syncs of 1,000 new rows each."""
-        own, trip = [], []
+    ) -> tuple[float, float]:
+        """(daemon seconds, RunTask round trip) of one sync of 1,000 new rows."""
+        fill_bans(f2b_db, INCREMENT, first=first)
+        before = len(sync_records(daemon))
+        start = time.perf_counter()
+        result = await client.run_task("history_sync")
+        trip = time.perf_counter() - start
+        assert result["new_events"] == INCREMENT, result
+        deadline = time.monotonic() + 10
+        while len(sync_records(daemon)) == before:  # the log line trails the reply
+            if time.monotonic() > deadline:
+                raise RuntimeError("no history_sync_complete log line")
+            await asyncio.sleep(0.01)
+        return float(sync_records(daemon)[-1]["seconds"]), trip
+
+    async def incremental(
+        self, sides: list[tuple[DaemonClient, DaemonProcess, Path, int]]
+    ) -> list[Incremental]:
+        """`--repeat` rounds of one 1,000-row sync per archive, interleaved (the order
+        alternates each round) so that machine noise falls on both sizes alike."""
+        runs: list[list[tuple[float, float]]] = [[] for _ in sides]
         for i in range(self.args.repeat):
-            fill_bans(f2b_db, INCREMENT, first=first + i * INCREMENT)
-            before = len(sync_records(daemon))
-            start = time.perf_counter()
-            result = await client.run_task("history_sync")
-            trip.append(time.perf_counter() - start)
-            assert result["new_events"] == INCREMENT, result
-            deadline = time.monotonic() + 10
-            while len(sync_records(daemon)) == before:  # the log line trails the reply
-                if time.monotonic() > deadline:
-                    raise RuntimeError("no history_sync_complete log line")
-                await asyncio.sleep(0.01)
-            own.append(float(sync_records(daemon)[-1]["seconds"]))
-        return Incremental(own, trip, merge_records(daemon))
+            order = list(range(len(sides)))
+            if i % 2:
+                order.reverse()
+            for k in order:
+                client, daemon, f2b_db, first = sides[k]
+                runs[k].append(
+                    await self.one_increment(client, daemon, f2b_db, first + i * INCREMENT)
+                )
+        return [
+            Incremental([r[0] for r in own], [r[1] for r in own], merge_records(daemon))
+            for own, (_, daemon, _, _) in zip(runs, sides, strict=True)
+        ]
 
     async def pages(self, client: DaemonClient, now: int) -> dict[str, tuple[float, int]]:
         """Median ms of a 50-row GetHistory page (and its total) per filter."""
@@ -233,28 +253,34 @@ class Bench:
         floor_archive.unlink()
         print(f"  the same without the hour-count triggers: {bare:.2f} s ({floor / bare:.2f}x)")
 
-        # --- 100k archive: first sync, then incremental
-        daemon = self.daemon(db_small, "daemon-100k")
+        # --- first syncs (one at a time), then interleaved increments, pages and RSS
+        self.bus_small.start()
+        daemon_small = self.daemon(db_small, "daemon-100k", self.bus_small)
+        daemon = None
         try:
-            await self.first_sync(daemon, small)
-            async with DaemonClient() as client:
-                inc_small = await self.incremental(client, daemon, db_small, small + 1)
-        finally:
-            daemon.stop()
-            daemon.close()
-
-        # --- 1M archive: first sync, incremental, pages, RSS
-        daemon = self.daemon(db_big, "daemon-1m")
-        try:
+            await self.first_sync(daemon_small, small)
+            daemon = self.daemon(db_big, "daemon-1m", self.bus)
             first = await self.first_sync(daemon, args.rows)
             rss_after_sync = rss(daemon.pid)
-            async with DaemonClient() as client:
-                inc_big = await self.incremental(client, daemon, db_big, args.rows + 1)
+            client_small = await DaemonClient().connect(self.bus_small.address)
+            client = await DaemonClient().connect(self.bus.address)
+            try:
+                inc_small, inc_big = await self.incremental(
+                    [
+                        (client_small, daemon_small, db_small, small + 1),
+                        (client, daemon, db_big, args.rows + 1),
+                    ]
+                )
                 pages = await self.pages(client, int(time.time()))
+            finally:
+                client_small.close()
+                client.close()
             rss_end = rss(daemon.pid)
         finally:
-            daemon.stop()
-            daemon.close()
+            for d in (daemon_small, daemon):
+                if d is not None:
+                    d.stop()
+                    d.close()
 
         ratio = first / floor
         print(
@@ -288,6 +314,7 @@ class Bench:
     def close(self) -> None:
         self.f2b.close()
         self.bus.close()
+        self.bus_small.close()
 
 
 def main() -> None:

@@ -89,13 +89,16 @@ class HistorySync:
                     log.warning("fail2ban_db_rewound", mark=mark, max_rowid=top)
                     mark = 0
                 added = 0
+                copying = 0.0  # seconds inside page transactions, the rest is overhead
                 jail = self._blocklist_jail()
                 bulk = top - mark >= RECENT_MAX
                 while mark < top:
                     upto = min(mark + PAGE_ROWS, top)
                     key = await copy.row_key(upto) or ""
                     state = {MARK_ROWID: str(upto), MARK_KEY: key}
+                    page_started = time.monotonic()
                     page_added = await copy.copy_range(mark, upto, jail, state, bulk=bulk)
+                    copying += time.monotonic() - page_started
                     added += page_added
                     self._events.added(page_added)
                     mark = upto
@@ -115,6 +118,7 @@ class HistorySync:
             new_events=added,
             rescanned=rescan,
             merged_ip_index=merged,
+            copy_seconds=round(copying, 3),
             seconds=round(seconds, 3),
         )
         return {"new_events": added, "rescanned": rescan, "high_water_mark": mark}

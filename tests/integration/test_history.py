@@ -333,3 +333,14 @@ def test_archive_of_the_previous_schema_is_migrated_at_start_and_keeps_its_histo
     assert events[0]["matches"] == ["Failed password from x"]
     _, total = history(busctl, ("jail", "s", "nginx"), ("action", "s", "ban"))
     assert total == sum(1 for i in range(3000) if i % 3 == 0 and i % 4 != 3)
+
+
+def test_daemon_names_a_database_that_is_not_the_one_fail2ban_writes(
+    f2b: F2bSandbox, start_daemon: Any, tmp_path: Path
+) -> None:
+    stale = tmp_path / "fail2ban-copy.sqlite3"
+    stale.write_bytes(f2b.db_path.read_bytes())  # e.g. a copy left from a migration
+    daemon = start_daemon(fail2ban={"database": str(stale)})
+    record = daemon.wait_for_log("fail2ban_setup_problem", timeout=30)
+    assert str(f2b.db_path) in record["problem"]
+    assert str(stale) in record["problem"]
