@@ -277,9 +277,9 @@ class EventsRepository:
 
     async def top(self, dimension: str, since: int, limit: int) -> list[tuple[str, int]]:
         """Largest ban counts by jail, ip, country or asn since `since`."""
-        column = {"jail": "e.jail", "ip": "e.ip", "country": "g.country_code", "asn": "g.asn"}[
-            dimension
-        ]
+        if dimension == "jail":
+            return await self._top_jails(since, limit)
+        column = {"ip": "e.ip", "country": "g.country_code", "asn": "g.asn"}[dimension]
         join = " JOIN geo_cache AS g ON g.ip = e.ip" if dimension in ("country", "asn") else ""
         extra = f" AND {column} != ''" if join else ""
         rows = await self._archive.fetchall(
@@ -287,6 +287,19 @@ class EventsRepository:
             f"WHERE e.action = 'ban' AND e.timeofban >= ?{extra} "
             f"GROUP BY {column} ORDER BY n DESC, {column} LIMIT ?",
             (since, limit),
+        )
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    async def _top_jails(self, since: int, limit: int) -> list[tuple[str, int]]:
+        # whole hours from ban_event_hours, the partial hour after `since` counted
+        first_hour = -(-since // HOUR)
+        rows = await self._archive.fetchall(
+            "SELECT jail, sum(n) AS total FROM ("
+            "  SELECT jail, events AS n FROM ban_event_hours WHERE action = 'ban' AND hour >= ?"
+            "  UNION ALL SELECT jail, 1 FROM ban_events "
+            "  WHERE action = 'ban' AND timeofban >= ? AND timeofban < ?"
+            ") GROUP BY jail HAVING total > 0 ORDER BY total DESC, jail LIMIT ?",
+            (first_hour, since, first_hour * HOUR, limit),
         )
         return [(str(r[0]), int(r[1])) for r in rows]
 

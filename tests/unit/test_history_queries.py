@@ -489,8 +489,12 @@ def top_reference(dimension: str, since: int) -> Counter[str]:
     )
 
 
+# right after a ban inside an hour: that hour is partial and the ban must not count
+AFTER_A_BAN = next(e.timeofban for e in EVENTS if e.action == "ban" and e.timeofban % HOUR) + 1
+
+
 @pytest.mark.parametrize("dimension", ["jail", "ip", "country", "asn"])
-@pytest.mark.parametrize("since", [0, START + 4 * DAY, NOW + 1])
+@pytest.mark.parametrize("since", [0, START + 4 * DAY, AFTER_A_BAN, NOW + 1])
 @pytest.mark.parametrize("limit", [1, 3, 1000])
 async def test_top_is_ordered_and_limited(
     service: HistoryService, dimension: str, since: int, limit: int
