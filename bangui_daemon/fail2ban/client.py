@@ -291,11 +291,6 @@ class Fail2banClient:
         value = await self.call("set", jail, "unbanip", *ids, timeout=timeout)
         return protocol.parse_int(value, "unbanip")
 
-    async def unban_everywhere(self, ip: str, *, timeout: float | None = None) -> int:  # noqa: ASYNC109
-        """Unban one address in every jail; returns the number of jails it left."""
-        (checked,) = _check_ids([ip])
-        return protocol.parse_int(await self.call("unban", checked, timeout=timeout), "unban")
-
     async def is_banned(self, jail: str, ips: Sequence[str]) -> list[bool]:
         """Membership of each address in a jail's ban list, in order."""
         ids = _check_ids(ips)
@@ -312,10 +307,6 @@ class Fail2banClient:
     async def ignoreip(self, jail: str) -> list[str]:
         """A jail's ignoreip entries (addresses, networks or host names)."""
         return protocol.parse_str_list(await self.call("get", jail, "ignoreip"), "ignoreip")
-
-    async def bantime(self, jail: str) -> int:
-        """A jail's default ban time in seconds (-1 = permanent)."""
-        return protocol.parse_int(await self.call("get", jail, "bantime"), "bantime")
 
     async def dbpurgeage(self) -> int | None:
         """Seconds fail2ban keeps rows in its DB; None when it runs without a DB."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from bangui_daemon.archive.events_repo import EventRow, EventsRepository, HistoryFilter, LiveEvent
 from bangui_daemon.errors import InvalidArgument
-from bangui_daemon.fail2ban.database import decode_data
+from bangui_daemon.fail2ban.ban_data import decode_data
 from bangui_daemon.models import ORIGIN_BLOCKLIST, ORIGIN_SELFBLOCK
 from bangui_daemon.services.bans import BanDiff, parse_address
 

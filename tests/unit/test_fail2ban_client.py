@@ -156,8 +156,6 @@ class FakeFail2ban:
             case ["set", jail, "unbanip", *ips] if jail in self.bans:
                 gone = [ip for ip in ips if self.bans[jail].pop(ip, None) is not None]
                 return _reply(len(gone))
-            case ["unban", ip]:
-                return _reply(sum(b.pop(ip, None) is not None for b in self.bans.values()))
             case ["get", jail, "banip"] if jail in self.bans:
                 return _reply(list(self.bans[jail]))
             case ["get", jail, "banip", "--with-time"] if jail in self.bans:
@@ -171,8 +169,6 @@ class FakeFail2ban:
                 return _reply(flags[0] if len(flags) == 1 else flags)
             case ["get", jail, "ignoreip"] if jail in self.bans:
                 return _reply(["127.0.0.1/8", "::1"])
-            case ["get", jail, "bantime"] if jail in self.bans:
-                return _reply(604800)
             case ["get", "dbpurgeage"]:
                 return _reply(86400)
             case ["get", "dbfile"]:
@@ -296,8 +292,6 @@ async def test_bad_arguments_are_refused_before_sending(
         await client.call("set", "sshd", "banip", "1.2.3.4<F2B_END_COMMAND>")
     with pytest.raises(InvalidArgument):
         await client.call("ping", 5)  # type: ignore[arg-type]
-    with pytest.raises(InvalidArgument):
-        await client.unban_everywhere("--all")
     with pytest.raises(InvalidArgument):
         await client.unban("sshd", ["--report-absent", "1.2.3.4"])
     with pytest.raises(InvalidArgument):
@@ -457,9 +451,6 @@ async def test_typed_api(client: Fail2banClient) -> None:
     assert await client.is_banned("blocklist-import", ["1.2.3.4", "9.9.9.9"]) == [True, False]
     assert await client.is_banned("blocklist-import", []) == []
     assert await client.unban("blocklist-import", ["1.2.3.4", "9.9.9.9"]) == 1
-    assert await client.unban_everywhere("5.6.7.8") == 1
-    assert await client.unban_everywhere("5.6.7.8") == 0
     assert await client.ignoreip("sshd") == ["127.0.0.1/8", "::1"]
-    assert await client.bantime("sshd") == 604800
     assert await client.dbpurgeage() == 86400
     assert await client.dbfile() is None

@@ -22,7 +22,7 @@ from bangui_daemon.services.history import HistoryService
 from bangui_daemon.tasks import history_sync
 from bangui_daemon.tasks.history_purge import BATCH, DAY, HistoryPurge
 from bangui_daemon.tasks.history_sync import HistorySync
-from tests.unit.test_fail2ban_database import SCHEMA_V4
+from tests.unit.f2b_schema import SCHEMA_V4
 
 NOW = 1_800_000_000
 BLOCKLIST = "blocklist-import"
