@@ -15,6 +15,7 @@ from bangui_daemon.archive.db import Archive, Row
 
 HOUR = 3600  # the bucket of ban_event_hours
 MERGE_BATCH = 5000  # rows folded into the main ip index per transaction
+COUNTRY_ROW_COST = 20  # a matched row found by address and sorted, in rows walked
 EVENT_COLUMNS = (
     "e.id, e.action, e.jail, e.ip, e.timeofban, e.bantime, e.bancount, e.data, e.origin, "
     "COALESCE(g.country_code, ''), COALESCE(g.asn, ''), COALESCE(g.org, '')"
@@ -86,14 +87,20 @@ def _ip_term(cond: str, params: list[Any]) -> tuple[str, list[Any]]:
     return both, [*params, *params]
 
 
-def _where(f: HistoryFilter) -> tuple[str, list[Any], bool]:
-    """Return (WHERE clause, params, needs the geo join)."""
+def _where(f: HistoryFilter, *, country_drives: bool = False) -> tuple[str, list[Any], bool]:
+    """Return (WHERE clause, params, needs the geo join).
+
+    `country_drives`: find a country's rows from geo_cache's country index through the
+    ip indexes (cost grows with the country's rows), instead of probing geo_cache for
+    each row in time order (cost grows with how deep the page lies).
+    """
     conds: list[str] = []
     params: list[Any] = []
     by_ip = f.ip is not None or f.network is not None
+    by_country = country_drives and not by_ip and f.country_code is not None
     # An address matches a handful of rows: when one is given it must drive the plan,
     # so "+" keeps the planner (which has no statistics) off the time and jail indexes.
-    plus = "+" if by_ip else ""
+    plus = "+" if by_ip or by_country else ""
     if f.ip is not None:
         term, term_params = _ip_term("e.ip = ?", [f.ip])
         conds.append(term)
@@ -122,8 +129,14 @@ def _where(f: HistoryFilter) -> tuple[str, list[Any], bool]:
     if f.action is not None:
         conds.append("e.action = ?")
         params.append(f.action)
-    geo = f.country_code is not None
-    if geo:
+    geo = f.country_code is not None and not by_country
+    if by_country:
+        term, term_params = _ip_term(
+            "e.ip IN (SELECT ip FROM geo_cache WHERE country_code = ?)", [f.country_code]
+        )
+        conds.append(term)
+        params.extend(term_params)
+    elif geo:
         conds.append("g.country_code = ?")
         params.append(f.country_code)
     return (" WHERE " + " AND ".join(conds)) if conds else "", params, geo
@@ -221,7 +234,7 @@ class EventsRepository:
 
     async def page(self, f: HistoryFilter, offset: int, limit: int) -> tuple[list[EventRow], int]:
         """One page of events, newest first, and the total matching the filter."""
-        where, params, geo = _where(f)
+        where, params, geo = _where(f, country_drives=True)
         join = " LEFT JOIN geo_cache AS g ON g.ip = e.ip"
         total_join = join if geo else ""
         by_hours = _total_from_hours(f)
@@ -230,12 +243,20 @@ class EventsRepository:
             params,
         )
         total = int(await self._archive.scalar(count_sql, count_params) or 0)
+        if f.country_code is not None and self._time_order_is_cheaper(offset + limit, total):
+            where, params, _ = _where(f)
         rows = await self._archive.fetchall(
             f"SELECT {EVENT_COLUMNS} FROM ban_events AS e{join}{where} "
             "ORDER BY e.timeofban DESC, e.id DESC LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
         return [EventRow(*r) for r in rows], total
+
+    def _time_order_is_cheaper(self, depth: int, matches: int) -> bool:
+        """For a country's page: walking events newest first reads about
+        depth * archive / matches rows; collecting and sorting the matches from the
+        country's addresses costs about COUNTRY_ROW_COST rows' worth for each."""
+        return depth * self.count <= COUNTRY_ROW_COST * matches * matches
 
     async def for_ip(self, ip: str, limit: int) -> list[EventRow]:
         """Every event of one address, newest first (bounded)."""

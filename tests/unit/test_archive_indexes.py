@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from bangui_daemon.archive import events_repo
 from bangui_daemon.archive.db import Archive, bundled_migrations
 from bangui_daemon.archive.events_repo import EventsRepository, HistoryFilter, LiveEvent
 
@@ -185,6 +186,61 @@ async def test_merge_batches_take_rows_in_address_order(archive: Archive) -> Non
     )
     merged = await archive.fetchall("SELECT ip FROM ban_events WHERE ip_indexed = 1 ORDER BY ip")
     assert [r[0] for r in merged] == ["10.0.0.1", "10.0.0.3", "10.0.0.5", "10.0.0.9"]
+
+
+# ------------------------------------------------------------------ countries
+async def test_a_country_page_is_the_same_by_either_plan(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(3)
+    events = EventsRepository(archive)
+    await events.load()
+    ips = [f"192.0.2.{i}" for i in range(60)]
+    await events.record_live(
+        [
+            LiveEvent("ban", rng.choice(JAILS), rng.choice(ips), NOW - i * 97, 600, "selfblock")
+            for i in range(900)
+        ]
+    )
+    countries = {ip: ("CN" if i < 30 else "NL" if i < 33 else "US") for i, ip in enumerate(ips)}
+    async with archive.write() as conn:
+        await conn.executemany(
+            "INSERT INTO geo_cache (ip, found, country_code, source, resolved_at, last_seen) "
+            "VALUES (?, 1, ?, 'mmdb', 0, 0)",
+            countries.items(),
+        )
+    plans: dict[str, list[str]] = {}
+    real_fetchall = archive.fetchall
+
+    async def fetchall(sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        if "ORDER BY e.timeofban DESC" in sql:
+            plan = await real_fetchall("EXPLAIN QUERY PLAN " + sql, params)
+            plans["page"] = [str(r[3]) for r in plan]
+        return await real_fetchall(sql, params)
+
+    archive.fetchall = fetchall  # type: ignore[method-assign]
+    for flt in (
+        HistoryFilter(country_code="CN"),
+        HistoryFilter(country_code="NL", jail="sshd"),
+        HistoryFilter(country_code="US", since=NOW - 40_000),
+    ):
+        answers = []
+        for cost, walks in ((0, False), (10**9, True)):  # by addresses, then in time order
+            monkeypatch.setattr(events_repo, "COUNTRY_ROW_COST", cost)
+            answers.append([await events.page(flt, offset, 7) for offset in (0, 7, 70)])
+            by_addresses = any(line.startswith("LIST SUBQUERY") for line in plans["page"])
+            assert by_addresses != walks, plans["page"]
+        assert answers[0] == answers[1]
+        (first, total), *_ = answers[0]
+        assert total == sum(
+            1
+            for e in await archive.fetchall("SELECT ip, jail, timeofban FROM ban_events")
+            if countries[e[0]] == flt.country_code
+            and (flt.jail is None or e[1] == flt.jail)
+            and (flt.since is None or e[2] >= flt.since)
+        )
+        assert first
+        assert all(r.country_code == flt.country_code for r in first)
 
 
 # ------------------------------------------------------------------- migration

@@ -395,6 +395,10 @@ PLAN_FILTERS = {
     "since+action": HistoryFilter(since=NOW - DAY, action="unban"),
     "jail+since+action": HistoryFilter(jail="sshd", since=NOW - DAY, action="ban"),
     "ip+action": HistoryFilter(ip="45.33.12.7", action="ban"),
+    # a country without rows: its addresses drive both the count and the page
+    "country": HistoryFilter(country_code="NL"),
+    "country+since": HistoryFilter(country_code="NL", since=NOW - DAY),
+    "country+jail": HistoryFilter(country_code="NL", jail="sshd"),
 }
 
 
