@@ -33,7 +33,11 @@ from bangui_daemon.wiring import Components, build
 log = structlog.get_logger(__name__)
 
 STATUS_EVERY = 10.0
-MIGRATION_BUDGET = 3600  # s asked of systemd per schema step (a table rebuild)
+# While a schema step runs (a table rebuild: ~10 s per million events), systemd is
+# asked for EXTEND_STEP more seconds every EXTEND_EVERY: a long step is never killed
+# by TimeoutStartSec, and a hang after it still is, EXTEND_STEP later at most.
+EXTEND_STEP = 30
+EXTEND_EVERY = 10.0
 STOP_BUDGET = 4.0  # systemd and the tests expect an exit within 5 s of SIGTERM
 
 
@@ -48,6 +52,8 @@ class Daemon:
         self.notifier = Notifier()
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
+        self._migration_status = ""
+        self._extending: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the process exit code."""
@@ -57,7 +63,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         try:
             self.notifier.status("opening the archive")
-            parts = await build(lambda: self.config, self.hub, self.state, self._migrating)
+            try:
+                parts = await build(lambda: self.config, self.hub, self.state, self._migrating)
+            finally:
+                if self._extending is not None:
+                    self._extending.cancel()
             try:
                 return await self._serve(parts)
             finally:
@@ -67,9 +77,14 @@ class Daemon:
                 loop.remove_signal_handler(signum)
 
     def _migrating(self, migration: Migration) -> None:
-        self.notifier.extend_startup(
-            MIGRATION_BUDGET, f"migrating the archive to schema {migration.version}"
-        )
+        self._migration_status = f"migrating the archive to schema {migration.version}"
+        if self._extending is None:
+            self._extending = asyncio.get_running_loop().create_task(self._extend_startup())
+
+    async def _extend_startup(self) -> None:
+        while True:
+            self.notifier.extend_startup(EXTEND_STEP, self._migration_status)
+            await asyncio.sleep(EXTEND_EVERY)
 
     async def _serve(self, parts: Components) -> int:
         cfg = self.config

@@ -71,3 +71,7 @@ class ConfigError(BanguiError, ValueError):
 
 class SchemaTooNew(BanguiError, RuntimeError):
     """The archive was written by a newer bangui-daemon than this one."""
+
+
+class NotEnoughSpace(BanguiError, OSError):
+    """A schema migration would not fit on the archive's filesystem; nothing was changed."""

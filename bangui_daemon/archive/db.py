@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -23,7 +25,7 @@ from typing import Any
 import aiosqlite
 import structlog
 
-from bangui_daemon.errors import SchemaTooNew
+from bangui_daemon.errors import NotEnoughSpace, SchemaTooNew
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +83,10 @@ class Archive:
         try:
             await writer.execute("PRAGMA journal_mode=WAL")
             await _migrate(
-                writer, bundled_migrations() if migrations is None else migrations, on_migration
+                writer,
+                path,
+                bundled_migrations() if migrations is None else migrations,
+                on_migration,
             )
             reader = await _connect(path, query_only=True)
         except BaseException:
@@ -237,8 +242,31 @@ async def _current_version(conn: aiosqlite.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+# A step that rebuilds a table writes the new copy and its WAL before the old one is
+# freed: about three times the archive, measured on migration 4.
+MIGRATION_SPACE_FACTOR = 3
+
+
+def _check_space(path: str) -> None:
+    """Refuse a migration that would fill the disk halfway (and roll back at every start)."""
+    if path == ":memory:":
+        return
+    size = sum(os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.exists(p))
+    need = size * MIGRATION_SPACE_FACTOR
+    where = str(Path(path).resolve().parent)
+    free = shutil.disk_usage(where).free
+    if free < need:
+        mib = 1024 * 1024
+        raise NotEnoughSpace(
+            f"migrating the archive {path} ({size // mib} MiB) needs about {need // mib} MiB "
+            f"free in {where}, only {free // mib} MiB are; nothing was changed: free some "
+            "space or move [archive] path"
+        )
+
+
 async def _migrate(
     conn: aiosqlite.Connection,
+    path: str,
     migrations: Sequence[Migration],
     on_migration: Callable[[Migration], None],
 ) -> None:
@@ -249,9 +277,10 @@ async def _migrate(
             f"the archive schema is version {current}, newer than the {known} this "
             "bangui-daemon knows; upgrade bangui-daemon or restore an older archive"
         )
-    for migration in migrations:
-        if migration.version <= current:
-            continue
+    pending = [m for m in migrations if m.version > current]
+    if pending and current > 0:
+        await asyncio.to_thread(_check_space, path)
+    for migration in pending:
         on_migration(migration)
         started = time.monotonic()
         # The whole step, version bump included, is one transaction inside the script,
@@ -277,3 +306,5 @@ async def _migrate(
             version=migration.version,
             seconds=round(time.monotonic() - started, 3),
         )
+    if pending and current > 0:  # give back the WAL a rebuild grew
+        await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

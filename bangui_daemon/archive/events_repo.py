@@ -16,6 +16,9 @@ from bangui_daemon.archive.db import Archive, Row
 HOUR = 3600  # the bucket of ban_event_hours
 MERGE_BATCH = 5000  # rows folded into the main ip index per transaction
 COUNTRY_ROW_COST = 20  # a matched row found by address and sorted, in rows walked
+# Bounds beyond this are counted exactly: an hour edge computed from them could leave
+# SQLite's int64 (D-Bus passes any int64 as since/until).
+TIME_LIMIT = 2**62
 EVENT_COLUMNS = (
     "e.id, e.action, e.jail, e.ip, e.timeofban, e.bantime, e.bancount, e.data, e.origin, "
     "COALESCE(g.country_code, ''), COALESCE(g.asn, ''), COALESCE(g.org, '')"
@@ -155,6 +158,8 @@ def _total_from_hours(f: HistoryFilter) -> tuple[str, list[Any]] | None:
     """
     if f.ip is not None or f.network is not None or f.country_code is not None:
         return None  # an address matches few rows; a country needs the geo join
+    if any(t is not None and abs(t) > TIME_LIMIT for t in (f.since, f.until)):
+        return None
     named = (("jail", f.jail), ("action", f.action), ("origin", f.origin))
     attrs = [(c, v) for c, v in named if v is not None]
     first_hour = None if f.since is None else -(-f.since // HOUR)  # first whole hour
@@ -313,6 +318,7 @@ class EventsRepository:
 
     async def _top_jails(self, since: int, limit: int) -> list[tuple[str, int]]:
         # whole hours from ban_event_hours, the partial hour after `since` counted
+        since = min(since, TIME_LIMIT)  # nothing is that late; keeps the edge in int64
         first_hour = -(-since // HOUR)
         rows = await self._archive.fetchall(
             "SELECT jail, sum(n) AS total FROM ("

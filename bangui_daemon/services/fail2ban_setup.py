@@ -16,7 +16,7 @@ from typing import Protocol
 import structlog
 
 from bangui_daemon.config import Config
-from bangui_daemon.errors import BanguiError
+from bangui_daemon.errors import BanguiError, Fail2banProtocolError
 from bangui_daemon.services.bans import BanDiff
 
 log = structlog.get_logger(__name__)
@@ -77,6 +77,8 @@ class Fail2banSetupCheck:
             return
         try:
             problems = await setup_problems(self._client, cfg)
+        except Fail2banProtocolError as exc:  # an answer we cannot read: asking again won't help
+            problems = [f"fail2ban's dbfile or dbpurgeage could not be checked: {exc}"]
         except BanguiError as exc:  # fail2ban went away meanwhile: the next tick retries
             log.debug("fail2ban_setup_check_deferred", reason=str(exc))
             return

@@ -105,6 +105,8 @@ class HistorySync:
                     await asyncio.sleep(0)  # let D-Bus callers and fail2ban in between pages
         except Fail2banDbMissing as exc:
             log.warning("history_sync_no_database", reason=str(exc))
+            # the ban watch still archives: keep its recent ip index small
+            await self._merge_recent_ips()
             return {"new_events": 0, "skipped": "fail2ban database not found"}
         merged = await self._merge_recent_ips()
         self.last_sync = int(time.time())

@@ -7,7 +7,10 @@ here compares against a plain count or scan of ban_events itself.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import pytest
 from bangui_daemon.archive import events_repo
 from bangui_daemon.archive.db import Archive, bundled_migrations
 from bangui_daemon.archive.events_repo import EventsRepository, HistoryFilter, LiveEvent
+from bangui_daemon.errors import NotEnoughSpace
 
 NOW = 1_800_000_000
 HOUR = 3600
@@ -124,6 +128,18 @@ async def test_total_with_an_address_or_country_is_counted_exactly(archive: Arch
     )
     _, total = await events.page(HistoryFilter(ip="203.0.113.9", since=NOW - 4500), 0, 2)
     assert total == 5
+
+
+async def test_bounds_at_the_ends_of_int64_count_exactly(archive: Archive) -> None:
+    events = EventsRepository(archive)
+    await events.load()
+    await events.record_live([LiveEvent("ban", "sshd", "203.0.113.9", NOW, 600, "selfblock")])
+    low, high = -(2**63), 2**63 - 1
+    for since, until, want in ((high, None, 0), (None, low, 0), (low, high, 1), (low, None, 1)):
+        _, total = await events.page(HistoryFilter(since=since, until=until), 0, 5)
+        assert total == want, (since, until)
+    assert await events.top("jail", high, 5) == []
+    assert await events.top("jail", 0, 5) == [("sshd", 1)]
 
 
 # ------------------------------------------------------------ the two ip indexes
@@ -285,5 +301,40 @@ async def test_migration_4_keeps_every_event_and_counts_them(tmp_path: Path) -> 
         dup = before[10]
         again = LiveEvent(dup[1], dup[2], dup[3], dup[4], 0, "selfblock")
         assert await events.record_live([again]) == 0
+    finally:
+        await arch.close()
+
+
+async def test_a_migration_that_would_not_fit_is_refused_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "archive.sqlite3")
+    old = await Archive.open(path, migrations=bundled_migrations()[:3])
+    async with old.write() as conn:
+        await conn.executemany(
+            "INSERT INTO ban_events (action, jail, ip, timeofban, data) "
+            "VALUES ('ban', 'sshd', ?, ?, ?)",
+            [(f"198.51.100.{i % 250}", NOW - i, b"x" * 200) for i in range(2000)],
+        )
+    await old.close()
+    size = await asyncio.to_thread(os.path.getsize, path)
+    real_usage = shutil.disk_usage
+
+    def usage(where: str) -> Any:
+        total, used, _free = real_usage(where)
+        return type(real_usage(where))(total, used, 2 * size)  # less than 3x the archive
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    seen: list[int] = []
+    with pytest.raises(NotEnoughSpace, match=r"needs about .* MiB free"):
+        await Archive.open(path, on_migration=lambda m: seen.append(m.version))
+    assert seen == []
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+    arch = await Archive.open(path)  # with the space there, it migrates
+    try:
+        assert await arch.schema_version() == 4
+        assert await arch.scalar("SELECT count(*) FROM ban_events") == 2000
+        wal = await asyncio.to_thread(os.path.getsize, f"{path}-wal")
+        assert wal == 0  # the rebuild's WAL was given back
     finally:
         await arch.close()

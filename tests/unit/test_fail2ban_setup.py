@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bangui_daemon.config import Config, Fail2banConfig, TasksConfig
-from bangui_daemon.errors import Fail2banUnavailable
+from bangui_daemon.errors import Fail2banProtocolError, Fail2banUnavailable
 from bangui_daemon.services.bans import BanDiff
 from bangui_daemon.services.fail2ban_setup import Fail2banSetupCheck, setup_problems
 
@@ -18,6 +18,7 @@ class FakeFail2ban:
         self.db = dbfile
         self.purge_age = purge_age
         self.down = False
+        self.garbled = False
         self.asked = 0
 
     async def dbfile(self) -> str | None:
@@ -27,6 +28,8 @@ class FakeFail2ban:
         return self.db
 
     async def dbpurgeage(self) -> int | None:
+        if self.garbled:
+            raise Fail2banProtocolError("fail2ban dbpurgeage reply is not a number")
         return self.purge_age
 
 
@@ -93,3 +96,15 @@ async def test_checked_once_per_config_and_again_after_a_reload_or_an_outage(
     await check(BanDiff())
     assert fake.asked == 3
     assert check.problems == []
+
+
+async def test_an_unreadable_answer_is_one_problem_not_a_retry_loop(tmp_path: Path) -> None:
+    fake = FakeFail2ban(str(tmp_path / "f.sqlite3"), 86400)
+    fake.garbled = True
+    cfg = config(str(tmp_path / "f.sqlite3"))
+    check = Fail2banSetupCheck(fake, lambda: cfg)
+    await check(BanDiff())
+    await check(BanDiff())
+    assert fake.asked == 1
+    (problem,) = check.problems
+    assert "could not be checked" in problem

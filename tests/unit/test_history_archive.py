@@ -307,12 +307,21 @@ async def test_capture_ip_before_unban(archive: Archive, tmp_path: Path) -> None
     assert (await s.sync.run())["new_events"] == 9
 
 
-async def test_missing_fail2ban_db_is_skipped(archive: Archive, tmp_path: Path) -> None:
+async def test_missing_fail2ban_db_is_skipped(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = Synced(archive, tmp_path / "nope.sqlite3")
     result = await s.sync.run()
     assert result["new_events"] == 0
     assert "skipped" in result
     assert await s.sync.capture_ip("45.0.0.1") == 0
+    # without fail2ban's DB the ban watch still archives: its recent ip index is merged
+    monkeypatch.setattr(history_sync, "RECENT_MAX", 5)
+    await s.events.record_live(
+        [LiveEvent("ban", "sshd", f"45.2.0.{i}", NOW - i, 600, "selfblock") for i in range(6)]
+    )
+    await s.sync.run()
+    assert await s.events.recent_ips() == 0
 
 
 # --------------------------------------------------------------------- purge

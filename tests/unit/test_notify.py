@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -12,6 +13,9 @@ from pathlib import Path
 import pytest
 import structlog
 
+from bangui_daemon import app
+from bangui_daemon.archive.db import Migration
+from bangui_daemon.config import Config
 from bangui_daemon.notify import SD_NOTIFY_FAILED, Notifier, watchdog_interval
 
 
@@ -194,3 +198,24 @@ def test_watchdog_interval_from_environment(
 def test_watchdog_interval_for_our_pid() -> None:
     env = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}
     assert watchdog_interval(env) == 1.0
+
+
+async def test_a_running_migration_keeps_extending_the_start_timeout(
+    systemd: FakeSystemd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app, "EXTEND_EVERY", 0.01)
+    daemon = app.Daemon(Config(), None)
+    try:
+        daemon._migrating(Migration(4, "0004_x.sql", ""))
+        extending = daemon._extending
+        assert extending is not None
+        systemd.sock.settimeout(5)  # each receive waits for the loop's next datagram
+        got = [await asyncio.to_thread(systemd.receive) for _ in range(3)]
+        assert got == ["EXTEND_TIMEOUT_USEC=30000000\nSTATUS=migrating the archive to schema 4"] * 3
+        extending.cancel()  # what run() does once the archive is open
+        with contextlib.suppress(asyncio.CancelledError):
+            await extending
+        await asyncio.sleep(0.05)
+        assert not systemd.pending()
+    finally:
+        daemon.notifier.close()
