@@ -15,13 +15,12 @@ from bangui_daemon.archive.db import Archive, Row
 
 HOUR = 3600  # the bucket of ban_event_hours
 MERGE_BATCH = 5000  # rows folded into the main ip index per transaction
-COUNTRY_ROW_COST = 20  # a matched row found by address and sorted, in rows walked
 # Bounds beyond this are counted exactly: an hour edge computed from them could leave
 # SQLite's int64 (D-Bus passes any int64 as since/until).
 TIME_LIMIT = 2**62
 EVENT_COLUMNS = (
     "e.id, e.action, e.jail, e.ip, e.timeofban, e.bantime, e.bancount, e.data, e.origin, "
-    "COALESCE(g.country_code, ''), COALESCE(g.asn, ''), COALESCE(g.org, '')"
+    "e.country_code, e.asn, COALESCE(g.org, '')"
 )
 
 
@@ -90,20 +89,16 @@ def _ip_term(cond: str, params: list[Any]) -> tuple[str, list[Any]]:
     return both, [*params, *params]
 
 
-def _where(f: HistoryFilter, *, country_drives: bool = False) -> tuple[str, list[Any], bool]:
-    """Return (WHERE clause, params, needs the geo join).
-
-    `country_drives`: find a country's rows from geo_cache's country index through the
-    ip indexes (cost grows with the country's rows), instead of probing geo_cache for
-    each row in time order (cost grows with how deep the page lies).
-    """
+def _where(f: HistoryFilter) -> tuple[str, list[Any]]:
+    """Return (WHERE clause, params) over ban_events AS e."""
     conds: list[str] = []
     params: list[Any] = []
     by_ip = f.ip is not None or f.network is not None
-    by_country = country_drives and not by_ip and f.country_code is not None
     # An address matches a handful of rows: when one is given it must drive the plan,
-    # so "+" keeps the planner (which has no statistics) off the time and jail indexes.
-    plus = "+" if by_ip or by_country else ""
+    # so "+" keeps the planner (which has no statistics) off the time and jail indexes;
+    # a country's (country_code, timeofban) index also beats the jail one.
+    time_plus = "+" if by_ip else ""
+    jail_plus = "+" if by_ip or f.country_code is not None else ""
     if f.ip is not None:
         term, term_params = _ip_term("e.ip = ?", [f.ip])
         conds.append(term)
@@ -117,14 +112,18 @@ def _where(f: HistoryFilter, *, country_drives: bool = False) -> tuple[str, list
             params.extend(term_params)
         conds.append("ip_in_network(e.ip, ?)")
         params.append(f.network)
+    if f.country_code is not None:
+        # "!= ''" lets the planner prove the partial country index applies
+        conds.append("e.country_code != '' AND e.country_code = ?")
+        params.append(f.country_code)
     if f.since is not None:
-        conds.append(f"{plus}e.timeofban >= ?")
+        conds.append(f"{time_plus}e.timeofban >= ?")
         params.append(f.since)
     if f.until is not None:
-        conds.append(f"{plus}e.timeofban < ?")
+        conds.append(f"{time_plus}e.timeofban < ?")
         params.append(f.until)
     if f.jail is not None:
-        conds.append(f"{plus}e.jail = ?")
+        conds.append(f"{jail_plus}e.jail = ?")
         params.append(f.jail)
     if f.origin is not None:
         conds.append("e.origin = ?")
@@ -132,17 +131,7 @@ def _where(f: HistoryFilter, *, country_drives: bool = False) -> tuple[str, list
     if f.action is not None:
         conds.append("e.action = ?")
         params.append(f.action)
-    geo = f.country_code is not None and not by_country
-    if by_country:
-        term, term_params = _ip_term(
-            "e.ip IN (SELECT ip FROM geo_cache WHERE country_code = ?)", [f.country_code]
-        )
-        conds.append(term)
-        params.extend(term_params)
-    elif geo:
-        conds.append("g.country_code = ?")
-        params.append(f.country_code)
-    return (" WHERE " + " AND ".join(conds)) if conds else "", params, geo
+    return (" WHERE " + " AND ".join(conds)) if conds else "", params
 
 
 def _and(conds: Sequence[str]) -> str:
@@ -156,11 +145,17 @@ def _total_from_hours(f: HistoryFilter) -> tuple[str, list[Any]] | None:
     at either end are counted exactly, so the figure is exact and costs at most two
     hours of rows however much of the archive the filter matches.
     """
-    if f.ip is not None or f.network is not None or f.country_code is not None:
-        return None  # an address matches few rows; a country needs the geo join
+    if f.ip is not None or f.network is not None:
+        return None  # an address matches few rows
     if any(t is not None and abs(t) > TIME_LIMIT for t in (f.since, f.until)):
         return None
-    named = (("jail", f.jail), ("action", f.action), ("origin", f.origin))
+    table = "ban_event_hours" if f.country_code is None else "ban_event_country_hours"
+    named = (
+        ("country_code", f.country_code),
+        ("jail", f.jail),
+        ("action", f.action),
+        ("origin", f.origin),
+    )
     attrs = [(c, v) for c, v in named if v is not None]
     first_hour = None if f.since is None else -(-f.since // HOUR)  # first whole hour
     end_hour = None if f.until is None else f.until // HOUR  # hours before it are whole
@@ -174,7 +169,7 @@ def _total_from_hours(f: HistoryFilter) -> tuple[str, list[Any]] | None:
     if end_hour is not None:
         hour_conds.append("hour < ?")
         hour_params.append(end_hour)
-    parts = [f"(SELECT coalesce(sum(events), 0) FROM ban_event_hours{_and(hour_conds)})"]
+    parts = [f"(SELECT coalesce(sum(events), 0) FROM {table}{_and(hour_conds)})"]
     params = hour_params
     edges: list[tuple[int, int]] = []
     if f.since is not None and first_hour is not None and f.since < first_hour * HOUR:
@@ -216,7 +211,10 @@ class EventsRepository:
             # rowcount, not total_changes: the hourly-count triggers' writes are not events
             cursor = await conn.executemany(
                 "INSERT INTO ban_events (action, jail, ip, timeofban, bantime, origin, "
-                "recorded_by) SELECT :action, :jail, :ip, :t, :bantime, :origin, 'ban_watch' "
+                "recorded_by, country_code, asn) "
+                "SELECT :action, :jail, :ip, :t, :bantime, :origin, 'ban_watch', "
+                "coalesce(g.country_code, ''), coalesce(g.asn, '') "
+                "FROM (SELECT 1) LEFT JOIN geo_cache AS g ON g.ip = :ip AND g.found = 1 "
                 "WHERE :action != 'ban' OR NOT EXISTS (SELECT 1 FROM ban_events "
                 "  WHERE action = 'ban' AND jail = :jail AND ip = :ip AND timeofban = :t + 1) "
                 "ON CONFLICT (timeofban, jail, ip, action) DO NOTHING",
@@ -239,29 +237,19 @@ class EventsRepository:
 
     async def page(self, f: HistoryFilter, offset: int, limit: int) -> tuple[list[EventRow], int]:
         """One page of events, newest first, and the total matching the filter."""
-        where, params, geo = _where(f, country_drives=True)
-        join = " LEFT JOIN geo_cache AS g ON g.ip = e.ip"
-        total_join = join if geo else ""
-        by_hours = _total_from_hours(f)
-        count_sql, count_params = by_hours or (
-            f"SELECT count(*) FROM ban_events AS e{total_join}{where}",
+        where, params = _where(f)
+        join = " LEFT JOIN geo_cache AS g ON g.ip = e.ip"  # org only
+        count_sql, count_params = _total_from_hours(f) or (
+            f"SELECT count(*) FROM ban_events AS e{where}",
             params,
         )
         total = int(await self._archive.scalar(count_sql, count_params) or 0)
-        if f.country_code is not None and self._time_order_is_cheaper(offset + limit, total):
-            where, params, _ = _where(f)
         rows = await self._archive.fetchall(
             f"SELECT {EVENT_COLUMNS} FROM ban_events AS e{join}{where} "
             "ORDER BY e.timeofban DESC, e.id DESC LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
         return [EventRow(*r) for r in rows], total
-
-    def _time_order_is_cheaper(self, depth: int, matches: int) -> bool:
-        """For a country's page: walking events newest first reads about
-        depth * archive / matches rows; collecting and sorting the matches from the
-        country's addresses costs about COUNTRY_ROW_COST rows' worth for each."""
-        return depth * self.count <= COUNTRY_ROW_COST * matches * matches
 
     async def for_ip(self, ip: str, limit: int) -> list[EventRow]:
         """Every event of one address, newest first (bounded)."""
@@ -303,29 +291,33 @@ class EventsRepository:
 
     async def top(self, dimension: str, since: int, limit: int) -> list[tuple[str, int]]:
         """Largest ban counts by jail, ip, country or asn since `since`."""
-        if dimension == "jail":
-            return await self._top_jails(since, limit)
-        column = {"ip": "e.ip", "country": "g.country_code", "asn": "g.asn"}[dimension]
-        join = " JOIN geo_cache AS g ON g.ip = e.ip" if dimension in ("country", "asn") else ""
-        extra = f" AND {column} != ''" if join else ""
+        if dimension in ("jail", "country"):
+            return await self._top_from_hours(dimension, since, limit)
+        column = {"ip": "e.ip", "asn": "e.asn"}[dimension]
         rows = await self._archive.fetchall(
-            f"SELECT {column}, count(*) AS n FROM ban_events AS e{join} "
-            f"WHERE e.action = 'ban' AND e.timeofban >= ?{extra} "
+            f"SELECT {column}, count(*) AS n FROM ban_events AS e "
+            f"WHERE e.action = 'ban' AND e.timeofban >= ? AND {column} != '' "
             f"GROUP BY {column} ORDER BY n DESC, {column} LIMIT ?",
             (since, limit),
         )
         return [(str(r[0]), int(r[1])) for r in rows]
 
-    async def _top_jails(self, since: int, limit: int) -> list[tuple[str, int]]:
-        # whole hours from ban_event_hours, the partial hour after `since` counted
+    async def _top_from_hours(
+        self, dimension: str, since: int, limit: int
+    ) -> list[tuple[str, int]]:
+        # whole hours from the hourly counts, the partial hour after `since` counted
+        column, table = {
+            "jail": ("jail", "ban_event_hours"),
+            "country": ("country_code", "ban_event_country_hours"),
+        }[dimension]
         since = min(since, TIME_LIMIT)  # nothing is that late; keeps the edge in int64
         first_hour = -(-since // HOUR)
         rows = await self._archive.fetchall(
-            "SELECT jail, sum(n) AS total FROM ("
-            "  SELECT jail, events AS n FROM ban_event_hours WHERE action = 'ban' AND hour >= ?"
-            "  UNION ALL SELECT jail, 1 FROM ban_events "
-            "  WHERE action = 'ban' AND timeofban >= ? AND timeofban < ?"
-            ") GROUP BY jail HAVING total > 0 ORDER BY total DESC, jail LIMIT ?",
+            f"SELECT {column}, sum(n) AS total FROM ("
+            f"  SELECT {column}, events AS n FROM {table} WHERE action = 'ban' AND hour >= ?"
+            f"  UNION ALL SELECT {column}, 1 FROM ban_events "
+            f"  WHERE action = 'ban' AND timeofban >= ? AND timeofban < ? AND {column} != ''"
+            f") GROUP BY {column} HAVING total > 0 ORDER BY total DESC, {column} LIMIT ?",
             (first_hour, since, first_hour * HOUR, limit),
         )
         return [(str(r[0]), int(r[1])) for r in rows]

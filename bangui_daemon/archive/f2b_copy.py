@@ -48,8 +48,9 @@ class Fail2banCopy:
         self._select = (
             f"SELECT 'ban', b.jail, b.ip, b.timeofban, b.bantime, {bancount}, {data}, "
             "CASE WHEN b.jail = :blocklist THEN 'blocklist' ELSE 'selfblock' END, "
-            "'history_sync', :ip_indexed "
-            "FROM f2b.bans AS b WHERE b.ip IS NOT NULL AND {where}"
+            "'history_sync', :ip_indexed, coalesce(g.country_code, ''), coalesce(g.asn, '') "
+            "FROM f2b.bans AS b LEFT JOIN geo_cache AS g ON g.ip = b.ip AND g.found = 1 "
+            "WHERE b.ip IS NOT NULL AND {where}"
         )
         self._fill = (
             f"UPDATE ban_events SET data = b.data, bancount = b.bancount, "
@@ -145,7 +146,7 @@ class Fail2banCopy:
                     await conn.execute(self._align.format(where=where), fill_params)
                 cursor = await conn.execute(
                     "INSERT INTO ban_events (action, jail, ip, timeofban, bantime, bancount, "
-                    "data, origin, recorded_by, ip_indexed) "
+                    "data, origin, recorded_by, ip_indexed, country_code, asn) "
                     + self._select.format(where=where)
                     + " ON CONFLICT (timeofban, jail, ip, action) DO NOTHING",
                     dict(params),

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from bangui_daemon.archive import events_repo
 from bangui_daemon.archive.db import Archive, bundled_migrations
 from bangui_daemon.archive.events_repo import EventsRepository, HistoryFilter, LiveEvent
 from bangui_daemon.errors import NotEnoughSpace
@@ -205,58 +204,96 @@ async def test_merge_batches_take_rows_in_address_order(archive: Archive) -> Non
 
 
 # ------------------------------------------------------------------ countries
-async def test_a_country_page_is_the_same_by_either_plan(
-    archive: Archive, monkeypatch: pytest.MonkeyPatch
+async def country_hours_match_events(archive: Archive) -> None:
+    want = await archive.fetchall(
+        "SELECT country_code, (timeofban - (timeofban < 0) * 3599) / 3600, jail, action, "
+        "origin, count(*) FROM ban_events WHERE country_code != '' "
+        "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
+    )
+    got = await archive.fetchall(
+        "SELECT country_code, hour, jail, action, origin, events FROM ban_event_country_hours "
+        "WHERE events != 0 ORDER BY 1, 2, 3, 4, 5"
+    )
+    assert got == want
+
+
+async def set_geo(archive: Archive, ip: str, country: str, asn: str, found: int = 1) -> None:
+    async with archive.write() as conn:
+        await conn.execute(
+            "INSERT INTO geo_cache (ip, found, country_code, asn, source, resolved_at, "
+            "last_seen) VALUES (?, ?, ?, ?, 'mmdb', 0, 0) ON CONFLICT (ip) DO UPDATE SET "
+            "found = excluded.found, country_code = excluded.country_code, asn = excluded.asn",
+            (ip, found, country, asn),
+        )
+
+
+async def geo_of(events: EventsRepository, ip: str) -> set[tuple[str, str]]:
+    return {(r.country_code, r.asn) for r in await events.for_ip(ip, 100)}
+
+
+async def test_events_take_and_keep_the_country_their_address_resolved_to(
+    archive: Archive,
 ) -> None:
-    rng = random.Random(3)
     events = EventsRepository(archive)
     await events.load()
-    ips = [f"192.0.2.{i}" for i in range(60)]
+    a, b, c = "203.0.113.1", "203.0.113.2", "203.0.113.3"
     await events.record_live(
         [
-            LiveEvent("ban", rng.choice(JAILS), rng.choice(ips), NOW - i * 97, 600, "selfblock")
-            for i in range(900)
+            LiveEvent("ban", "sshd", ip, NOW - i * 900, 600, "selfblock")
+            for i in range(8)
+            for ip in (a, c)
         ]
     )
-    countries = {ip: ("CN" if i < 30 else "NL" if i < 33 else "US") for i, ip in enumerate(ips)}
-    async with archive.write() as conn:
-        await conn.executemany(
-            "INSERT INTO geo_cache (ip, found, country_code, source, resolved_at, last_seen) "
-            "VALUES (?, 1, ?, 'mmdb', 0, 0)",
-            countries.items(),
-        )
-    plans: dict[str, list[str]] = {}
+    await events.merge_recent_ips(batch=3)  # some of them in the main ip index
+    await events.record_live([LiveEvent("ban", "nginx", a, NOW + 5, 600, "selfblock")])
+    assert await geo_of(events, a) == {("", "")}
+
+    await set_geo(archive, a, "CN", "AS4134")  # resolved later: every event of a takes it
+    assert await geo_of(events, a) == {("CN", "AS4134")}
+    await set_geo(archive, b, "DE", "AS24940")  # known first: the event has it at once
+    await events.record_live([LiveEvent("ban", "sshd", b, NOW, 600, "selfblock")])
+    assert await geo_of(events, b) == {("DE", "AS24940")}
+    await set_geo(archive, c, "", "", found=0)  # a negative answer sets nothing
+    assert await geo_of(events, c) == {("", "")}
+    await set_geo(archive, a, "", "", found=0)  # ... and erases nothing
+    assert await geo_of(events, a) == {("CN", "AS4134")}
+    await set_geo(archive, a, "US", "AS7018")  # a new database's answer replaces it
+    assert await geo_of(events, a) == {("US", "AS7018")}
+    async with archive.write() as conn:  # the geo cache cleanup
+        await conn.execute("DELETE FROM geo_cache")
+    assert await geo_of(events, a) == {("US", "AS7018")}  # history keeps "from where"
+    await country_hours_match_events(archive)
+
+    page, total = await events.page(HistoryFilter(country_code="US"), 0, 4)
+    assert total == 9
+    assert [r.timeofban for r in page] == [NOW + 5, NOW, NOW - 900, NOW - 1800]
+    _, total = await events.page(HistoryFilter(country_code="US", since=NOW - 2000), 0, 4)
+    assert total == 4
+    _, total = await events.page(HistoryFilter(country_code="US", jail="nginx"), 0, 4)
+    assert total == 1
+    assert await events.top("country", 0, 5) == [("US", 9), ("DE", 1)]
+    assert await events.top("asn", NOW - 1000, 5) == [("AS7018", 3), ("AS24940", 1)]
+    await events.purge_before(NOW - 3000, batch=2)
+    await country_hours_match_events(archive)
+    _, total = await events.page(HistoryFilter(country_code="US"), 0, 4)
+    assert total == 5
+
+
+async def test_a_country_page_searches_its_own_index(archive: Archive) -> None:
+    events = EventsRepository(archive)
+    await events.load()
+    plans: list[list[str]] = []
     real_fetchall = archive.fetchall
 
     async def fetchall(sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        if "ORDER BY e.timeofban DESC" in sql:
-            plan = await real_fetchall("EXPLAIN QUERY PLAN " + sql, params)
-            plans["page"] = [str(r[3]) for r in plan]
+        plan = await real_fetchall("EXPLAIN QUERY PLAN " + sql, params)
+        plans.append([str(r[3]) for r in plan])
         return await real_fetchall(sql, params)
 
     archive.fetchall = fetchall  # type: ignore[method-assign]
-    for flt in (
-        HistoryFilter(country_code="CN"),
-        HistoryFilter(country_code="NL", jail="sshd"),
-        HistoryFilter(country_code="US", since=NOW - 40_000),
-    ):
-        answers = []
-        for cost, walks in ((0, False), (10**9, True)):  # by addresses, then in time order
-            monkeypatch.setattr(events_repo, "COUNTRY_ROW_COST", cost)
-            answers.append([await events.page(flt, offset, 7) for offset in (0, 7, 70)])
-            by_addresses = any(line.startswith("LIST SUBQUERY") for line in plans["page"])
-            assert by_addresses != walks, plans["page"]
-        assert answers[0] == answers[1]
-        (first, total), *_ = answers[0]
-        assert total == sum(
-            1
-            for e in await archive.fetchall("SELECT ip, jail, timeofban FROM ban_events")
-            if countries[e[0]] == flt.country_code
-            and (flt.jail is None or e[1] == flt.jail)
-            and (flt.since is None or e[2] >= flt.since)
-        )
-        assert first
-        assert all(r.country_code == flt.country_code for r in first)
+    await events.page(HistoryFilter(country_code="CN", jail="sshd", since=NOW - 86400), 0, 50)
+    (page_plan,) = plans
+    assert any("ban_events_country_time (country_code=? AND timeofban>?)" in p for p in page_plan)
 
 
 # ------------------------------------------------------------------- migration
@@ -279,6 +316,11 @@ async def test_migration_4_keeps_every_event_and_counts_them(tmp_path: Path) -> 
                 for i in range(500)
             ],
         )
+        await conn.execute(  # the v3 geo cache knows one address, negatively another
+            "INSERT INTO geo_cache (ip, found, country_code, asn, source, resolved_at, "
+            "last_seen) VALUES ('2001:db8::7', 1, 'NL', 'AS60781', 'mmdb', 0, 0), "
+            "('2001:db8::8', 0, '', '', 'none', 0, 0)"
+        )
     before = await old.fetchall(
         "SELECT id, action, jail, ip, timeofban, data, recorded_by FROM ban_events ORDER BY id"
     )
@@ -294,6 +336,11 @@ async def test_migration_4_keeps_every_event_and_counts_them(tmp_path: Path) -> 
         assert after == before
         assert await arch.scalar("SELECT count(*) FROM ban_events WHERE ip_indexed = 0") == 0
         await hours_match_events(arch)
+        await country_hours_match_events(arch)
+        geo = await arch.fetchall(
+            "SELECT ip, country_code, asn FROM ban_events WHERE country_code != '' OR asn != ''"
+        )
+        assert geo == [("2001:db8::7", "NL", "AS60781")]
         events = EventsRepository(arch)
         await events.load()
         assert events.count == 500

@@ -177,6 +177,23 @@ async def test_sync_indexes_bulk_pages_at_once_and_merges_small_runs_in_batches(
     assert [(e.jail, e.timeofban) for e in history] == [(BLOCKLIST, NOW - 10_000 + 360)]
 
 
+async def test_synced_rows_take_the_country_the_geo_cache_already_knows(
+    archive: Archive, tmp_path: Path
+) -> None:
+    db = f2b_db(tmp_path / "f2b.sqlite3", ban_rows(30))
+    async with archive.write() as conn:
+        await conn.execute(
+            "INSERT INTO geo_cache (ip, found, country_code, asn, source, resolved_at, "
+            "last_seen) VALUES ('45.0.0.7', 1, 'SE', 'AS29518', 'mmdb', 0, 0)"
+        )
+    s = Synced(archive, db)
+    assert (await s.sync.run())["new_events"] == 30
+    rows = await archive.fetchall(
+        "SELECT ip, country_code, asn FROM ban_events WHERE country_code != ''"
+    )
+    assert rows == [("45.0.0.7", "SE", "AS29518")]
+
+
 async def test_sync_survives_fail2ban_db_recreated_and_rowids_reused(
     archive: Archive, tmp_path: Path
 ) -> None:
