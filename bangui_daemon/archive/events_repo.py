@@ -281,7 +281,19 @@ class EventsRepository:
         return None if value is None else int(value)
 
     async def timeline(self, since: int, until: int, bucket: int) -> dict[int, int]:
-        """Ban counts per bucket index ((timeofban - since) // bucket)."""
+        """Ban counts per bucket index ((timeofban - since) // bucket).
+
+        Buckets of whole hours starting on an hour (GetTimeline with since 0 aligns to
+        the bucket) are summed from ban_event_hours, however many events they hold.
+        """
+        if since % HOUR == 0 and bucket % HOUR == 0 and until % HOUR == 0:
+            rows = await self._archive.fetchall(
+                "SELECT (hour * 3600 - ?) / ?, sum(events) FROM ban_event_hours "
+                "WHERE hour >= ? AND hour < ? AND action = 'ban' GROUP BY 1 "
+                "HAVING sum(events) > 0",
+                (since, bucket, since // HOUR, until // HOUR),
+            )
+            return {int(r[0]): int(r[1]) for r in rows}
         rows = await self._archive.fetchall(
             "SELECT (timeofban - ?) / ?, count(*) FROM ban_events "
             "WHERE timeofban >= ? AND timeofban < ? AND action = 'ban' GROUP BY 1",

@@ -405,10 +405,11 @@ async def test_ip_history_unknown_and_invalid(service: HistoryService) -> None:
 
 # --------------------------------------------------------------- GetTimeline
 @pytest.mark.parametrize("bucket", [HOUR, 6 * HOUR, DAY, 7 * 60 * 13])
+@pytest.mark.parametrize("offset", [123, 0])  # 0: whole hours, summed from ban_event_hours
 async def test_timeline_counts_bans_and_keeps_empty_buckets(
-    service: HistoryService, bucket: int
+    service: HistoryService, bucket: int, offset: int
 ) -> None:
-    since = START + 2 * DAY + 123
+    since = START + 2 * DAY + offset
     got = await service.timeline(since, bucket)
     starts = [s for s, _ in got]
     assert starts[0] == since
