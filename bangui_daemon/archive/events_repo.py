@@ -20,7 +20,8 @@ MERGE_BATCH = 5000  # rows folded into the main ip index per transaction
 TIME_LIMIT = 2**62
 EVENT_COLUMNS = (
     "e.id, e.action, e.jail, e.ip, e.timeofban, e.bantime, e.bancount, e.data, e.origin, "
-    "e.country_code, e.asn, COALESCE(g.org, '')"
+    # org only while the cache still gives the event's own ASN
+    "e.country_code, e.asn, CASE WHEN g.found = 1 AND g.asn = e.asn THEN g.org ELSE '' END"
 )
 
 
@@ -112,7 +113,10 @@ def _where(f: HistoryFilter) -> tuple[str, list[Any]]:
             params.extend(term_params)
         conds.append("ip_in_network(e.ip, ?)")
         params.append(f.network)
-    if f.country_code is not None:
+    if f.country_code is not None and by_ip:
+        conds.append("+e.country_code = ?")
+        params.append(f.country_code)
+    elif f.country_code is not None:
         # "!= ''" lets the planner prove the partial country index applies
         conds.append("e.country_code != '' AND e.country_code = ?")
         params.append(f.country_code)
@@ -356,9 +360,9 @@ class EventsRepository:
             batch,
             on_batch=deleted,
         )
-        if removed:
-            async with self._archive.write() as conn:  # hours the purge emptied
-                await conn.execute("DELETE FROM ban_event_hours WHERE events = 0")
+        async with self._archive.write() as conn:  # hours emptied by the purge or by new
+            await conn.execute("DELETE FROM ban_event_hours WHERE events = 0")  # answers
+            await conn.execute("DELETE FROM ban_event_country_hours WHERE events = 0")
         return removed
 
     async def recent_ips(self) -> int:

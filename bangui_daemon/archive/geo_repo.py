@@ -33,6 +33,7 @@ DAY: Final = 86400
 NEGATIVE_TTL: Final = DAY  # "api"/"none" negatives: ask again after a day
 API_TTL: Final = 30 * DAY  # HTTP answers: no build id tells when they change
 CHUNK: Final = 500  # variables per IN (...) list
+UPSERT_BATCH: Final = 2000  # answers per transaction (each may update many archived events)
 DELETE_BATCH: Final = 5000
 
 _COLUMNS: Final = (
@@ -136,33 +137,39 @@ class GeoCacheRepository:
         return entry.found or entry.source != "none" or age < self.negative_ttl
 
     async def upsert(self, entries: Iterable[CacheEntry]) -> int:
-        """Insert or replace answers in one transaction; return how many rows are new.
+        """Insert or replace answers, UPSERT_BATCH per transaction; return how many rows
+        are new.
 
-        ``last_seen`` never moves backwards, so a late write of an older answer
-        cannot make a touched entry look unused.
+        A new answer also updates every archived event of its address (triggers of
+        migration 4), so a large flush is cut into batches that let the ban watch and
+        the sync write in between. ``last_seen`` never moves backwards, so a late write
+        of an older answer cannot make a touched entry look unused.
         """
         rows = [e.as_row() for e in entries]
-        if not rows:
-            return 0
-        ips = list(dict.fromkeys(str(r[0]) for r in rows))
-        async with self._archive.write() as conn:
-            existing = 0
-            for chunk in _chunks(ips):
-                existing += await _scalar(
-                    conn,
-                    f"SELECT count(*) FROM geo_cache WHERE ip IN ({_marks(len(chunk))})",
-                    chunk,
+        new = 0
+        for start in range(0, len(rows), UPSERT_BATCH):
+            batch = rows[start : start + UPSERT_BATCH]
+            ips = list(dict.fromkeys(str(r[0]) for r in batch))
+            async with self._archive.write() as conn:
+                existing = 0
+                for chunk in _chunks(ips):
+                    existing += await _scalar(
+                        conn,
+                        f"SELECT count(*) FROM geo_cache WHERE ip IN ({_marks(len(chunk))})",
+                        chunk,
+                    )
+                await conn.executemany(
+                    f"INSERT INTO geo_cache ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT (ip) DO UPDATE SET found = excluded.found, "
+                    "country_code = excluded.country_code, "
+                    "country_name = excluded.country_name, "
+                    "asn = excluded.asn, org = excluded.org, source = excluded.source, "
+                    "db_build = excluded.db_build, resolved_at = excluded.resolved_at, "
+                    "last_seen = max(geo_cache.last_seen, excluded.last_seen)",
+                    batch,
                 )
-            await conn.executemany(
-                f"INSERT INTO geo_cache ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (ip) DO UPDATE SET found = excluded.found, "
-                "country_code = excluded.country_code, country_name = excluded.country_name, "
-                "asn = excluded.asn, org = excluded.org, source = excluded.source, "
-                "db_build = excluded.db_build, resolved_at = excluded.resolved_at, "
-                "last_seen = max(geo_cache.last_seen, excluded.last_seen)",
-                rows,
-            )
-        return len(ips) - existing
+            new += len(ips) - existing
+        return new
 
     async def touch(self, ips: Iterable[str], now: int) -> int:
         """Move ``last_seen`` of existing entries to ``now`` in one transaction; return

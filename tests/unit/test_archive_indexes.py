@@ -259,6 +259,9 @@ async def test_events_take_and_keep_the_country_their_address_resolved_to(
     assert await geo_of(events, a) == {("CN", "AS4134")}
     await set_geo(archive, a, "US", "AS7018")  # a new database's answer replaces it
     assert await geo_of(events, a) == {("US", "AS7018")}
+    await set_geo(archive, a, "", "AS7922")  # found, but no country database open
+    assert await geo_of(events, a) == {("US", "AS7922")}
+    await set_geo(archive, a, "US", "AS7018")
     async with archive.write() as conn:  # the geo cache cleanup
         await conn.execute("DELETE FROM geo_cache")
     assert await geo_of(events, a) == {("US", "AS7018")}  # history keeps "from where"
@@ -275,6 +278,8 @@ async def test_events_take_and_keep_the_country_their_address_resolved_to(
     assert await events.top("asn", NOW - 1000, 5) == [("AS7018", 3), ("AS24940", 1)]
     await events.purge_before(NOW - 3000, batch=2)
     await country_hours_match_events(archive)
+    zero = "SELECT count(*) FROM ban_event_country_hours WHERE events = 0"
+    assert await archive.scalar(zero) == 0  # emptied hours do not pile up
     _, total = await events.page(HistoryFilter(country_code="US"), 0, 4)
     assert total == 5
 

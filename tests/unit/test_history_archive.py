@@ -421,6 +421,8 @@ PLAN_FILTERS = {
     "since+action": HistoryFilter(since=NOW - DAY, action="unban"),
     "jail+since+action": HistoryFilter(jail="sshd", since=NOW - DAY, action="ban"),
     "ip+action": HistoryFilter(ip="45.33.12.7", action="ban"),
+    "ip+country": HistoryFilter(ip="45.33.12.7", country_code="NL", jail="sshd"),
+    "cidr/24+country": HistoryFilter(network="45.33.12.0/24", country_code="NL"),
     # a country without rows: its addresses drive both the count and the page
     "country": HistoryFilter(country_code="NL"),
     "country+since": HistoryFilter(country_code="NL", since=NOW - DAY),
@@ -446,6 +448,8 @@ async def test_filtered_page_never_scans_ban_events(archive: Archive, name: str)
         if table == ["e"]:
             # "SCAN e" is a full scan of the table or of a whole index
             assert line.startswith("SEARCH e USING "), (name, line)
+            if name.startswith(("ip", "cidr")):  # an address drives, whatever else is given
+                assert "INDEX ban_events_ip" in line, (name, line)
             # the natural key's index is led by time: fine when the search is bounded by it
             if "sqlite_autoindex" in line:
                 assert "(timeofban" in line, (name, line)

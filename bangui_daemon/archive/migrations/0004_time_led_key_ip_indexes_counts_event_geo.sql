@@ -149,18 +149,27 @@ AFTER UPDATE OF timeofban, jail, action, origin, country_code ON ban_events BEGI
 END;
 
 -- geo_cache learned (or changed) what an address resolves to: its events take it. A
--- negative answer (found = 0) changes nothing: what was known stays known.
+-- negative answer (found = 0), or an empty field of a found one (say the country
+-- database is missing), changes nothing: what was known stays known.
 CREATE TRIGGER geo_cache_to_events_insert AFTER INSERT ON geo_cache
 WHEN NEW.found = 1 BEGIN
-    UPDATE ban_events SET country_code = NEW.country_code, asn = NEW.asn
+    UPDATE ban_events
+    SET country_code = CASE WHEN NEW.country_code != '' THEN NEW.country_code
+                            ELSE country_code END,
+        asn = CASE WHEN NEW.asn != '' THEN NEW.asn ELSE asn END
     WHERE ((ip_indexed = 1 AND ip = NEW.ip) OR (ip_indexed = 0 AND ip = NEW.ip))
-      AND (country_code != NEW.country_code OR asn != NEW.asn);
+      AND ((NEW.country_code != '' AND country_code != NEW.country_code)
+           OR (NEW.asn != '' AND asn != NEW.asn));
 END;
 
 CREATE TRIGGER geo_cache_to_events_update AFTER UPDATE OF found, country_code, asn ON geo_cache
 WHEN NEW.found = 1 AND (OLD.found != 1 OR OLD.country_code IS NOT NEW.country_code
                         OR OLD.asn IS NOT NEW.asn) BEGIN
-    UPDATE ban_events SET country_code = NEW.country_code, asn = NEW.asn
+    UPDATE ban_events
+    SET country_code = CASE WHEN NEW.country_code != '' THEN NEW.country_code
+                            ELSE country_code END,
+        asn = CASE WHEN NEW.asn != '' THEN NEW.asn ELSE asn END
     WHERE ((ip_indexed = 1 AND ip = NEW.ip) OR (ip_indexed = 0 AND ip = NEW.ip))
-      AND (country_code != NEW.country_code OR asn != NEW.asn);
+      AND ((NEW.country_code != '' AND country_code != NEW.country_code)
+           OR (NEW.asn != '' AND asn != NEW.asn));
 END;
