@@ -11,7 +11,6 @@ import asyncio
 import os
 import random
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,6 @@ from bangui_daemon.errors import NotEnoughSpace
 NOW = 1_800_000_000
 HOUR = 3600
 JAILS = ("sshd", "nginx", "blocklist-import")
-
-
-@pytest.fixture
-async def archive(tmp_path: Path) -> AsyncIterator[Archive]:
-    arch = await Archive.open(str(tmp_path / "archive.sqlite3"))
-    try:
-        yield arch
-    finally:
-        await arch.close()
 
 
 async def hours_match_events(archive: Archive) -> None:

@@ -7,7 +7,7 @@ nothing sleeps.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +64,6 @@ def entry(
         resolved_at=resolved_at,
         last_seen=resolved_at if last_seen is None else last_seen,
     )
-
-
-@pytest.fixture
-async def archive(tmp_path: Path) -> AsyncIterator[Archive]:
-    a = await Archive.open(str(tmp_path / "a.sqlite3"))
-    yield a
-    await a.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +67,6 @@ class FakeFallback:
             else self.answers.get(ip, GeoAnswer(ip=ip, source="api"))
             for ip in ips
         ]
-
-
-@pytest.fixture
-async def archive(tmp_path: Path) -> AsyncIterator[Archive]:
-    a = await Archive.open(str(tmp_path / "a.sqlite3"))
-    yield a
-    await a.close()
 
 
 @pytest.fixture

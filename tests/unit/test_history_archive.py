@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +89,6 @@ class Synced:
     @property
     def counted(self) -> int:
         return self.events.count
-
-
-@pytest.fixture
-async def archive(tmp_path: Path) -> AsyncIterator[Archive]:
-    arch = await Archive.open(str(tmp_path / "archive.sqlite3"))
-    try:
-        yield arch
-    finally:
-        await arch.close()
 
 
 async def archived(archive: Archive) -> list[tuple[Any, ...]]:
