@@ -84,6 +84,10 @@ def _text_prefix(network: str) -> str | None:
     return ".".join(octets) + "."
 
 
+def _and(conds: Sequence[str]) -> str:
+    return (" WHERE " + " AND ".join(conds)) if conds else ""
+
+
 def _ip_term(cond: str, params: list[Any]) -> tuple[str, list[Any]]:
     """`cond` on ip, served by both partial ip indexes (see migration 0004)."""
     both = f"((e.ip_indexed = 1 AND {cond}) OR (e.ip_indexed = 0 AND {cond}))"
@@ -135,11 +139,7 @@ def _where(f: HistoryFilter) -> tuple[str, list[Any]]:
     if f.action is not None:
         conds.append("e.action = ?")
         params.append(f.action)
-    return (" WHERE " + " AND ".join(conds)) if conds else "", params
-
-
-def _and(conds: Sequence[str]) -> str:
-    return (" WHERE " + " AND ".join(conds)) if conds else ""
+    return _and(conds), params
 
 
 def _total_from_hours(f: HistoryFilter) -> tuple[str, list[Any]] | None:

@@ -34,6 +34,10 @@ CREATE TABLE ban_events_v4 (
     ip_indexed  INTEGER NOT NULL DEFAULT 0 CHECK (ip_indexed IN (0, 1)), -- 1: in ban_events_ip
     country_code TEXT   NOT NULL DEFAULT '',  -- from geo_cache; '' = not known
     asn         TEXT    NOT NULL DEFAULT '',
+    -- floor(timeofban / 3600): the key of the hourly counts, computed in one place
+    hour        INTEGER GENERATED ALWAYS AS (
+        CASE WHEN timeofban >= 0 THEN timeofban / 3600 ELSE (timeofban - 3599) / 3600 END
+    ) VIRTUAL,
     UNIQUE (timeofban, jail, ip, action)
 );
 INSERT INTO ban_events_v4 (id, action, jail, ip, timeofban, bantime, bancount, data, origin,
@@ -56,7 +60,7 @@ CREATE INDEX ban_events_country_time ON ban_events (country_code, timeofban)
     WHERE country_code != '';
 
 CREATE TABLE ban_event_hours (
-    hour   INTEGER NOT NULL,  -- floor(timeofban / 3600)
+    hour   INTEGER NOT NULL,  -- ban_events.hour
     jail   TEXT    NOT NULL,
     action TEXT    NOT NULL,
     origin TEXT    NOT NULL,
@@ -65,35 +69,25 @@ CREATE TABLE ban_event_hours (
 ) WITHOUT ROWID;
 
 INSERT INTO ban_event_hours (hour, jail, action, origin, events)
-SELECT CASE WHEN timeofban >= 0 THEN timeofban / 3600 ELSE (timeofban - 3599) / 3600 END,
-       jail, action, origin, count(*)
-FROM ban_events GROUP BY 1, 2, 3, 4;
+SELECT hour, jail, action, origin, count(*) FROM ban_events GROUP BY 1, 2, 3, 4;
 
 CREATE TRIGGER ban_events_count_insert AFTER INSERT ON ban_events BEGIN
     INSERT INTO ban_event_hours (hour, jail, action, origin, events)
-    VALUES (CASE WHEN NEW.timeofban >= 0 THEN NEW.timeofban / 3600
-                 ELSE (NEW.timeofban - 3599) / 3600 END,
-            NEW.jail, NEW.action, NEW.origin, 1)
+    VALUES (NEW.hour, NEW.jail, NEW.action, NEW.origin, 1)
     ON CONFLICT DO UPDATE SET events = events + 1;
 END;
 
 CREATE TRIGGER ban_events_count_delete AFTER DELETE ON ban_events BEGIN
     UPDATE ban_event_hours SET events = events - 1
-    WHERE hour = CASE WHEN OLD.timeofban >= 0 THEN OLD.timeofban / 3600
-                      ELSE (OLD.timeofban - 3599) / 3600 END
-      AND jail = OLD.jail AND action = OLD.action AND origin = OLD.origin;
+    WHERE hour = OLD.hour AND jail = OLD.jail AND action = OLD.action AND origin = OLD.origin;
 END;
 
 CREATE TRIGGER ban_events_count_update AFTER UPDATE OF timeofban, jail, action, origin
 ON ban_events BEGIN
     UPDATE ban_event_hours SET events = events - 1
-    WHERE hour = CASE WHEN OLD.timeofban >= 0 THEN OLD.timeofban / 3600
-                      ELSE (OLD.timeofban - 3599) / 3600 END
-      AND jail = OLD.jail AND action = OLD.action AND origin = OLD.origin;
+    WHERE hour = OLD.hour AND jail = OLD.jail AND action = OLD.action AND origin = OLD.origin;
     INSERT INTO ban_event_hours (hour, jail, action, origin, events)
-    VALUES (CASE WHEN NEW.timeofban >= 0 THEN NEW.timeofban / 3600
-                 ELSE (NEW.timeofban - 3599) / 3600 END,
-            NEW.jail, NEW.action, NEW.origin, 1)
+    VALUES (NEW.hour, NEW.jail, NEW.action, NEW.origin, 1)
     ON CONFLICT DO UPDATE SET events = events + 1;
 END;
 
@@ -108,18 +102,13 @@ CREATE TABLE ban_event_country_hours (
 ) WITHOUT ROWID;
 
 INSERT INTO ban_event_country_hours (country_code, hour, jail, action, origin, events)
-SELECT country_code,
-       CASE WHEN timeofban >= 0 THEN timeofban / 3600 ELSE (timeofban - 3599) / 3600 END,
-       jail, action, origin, count(*)
+SELECT country_code, hour, jail, action, origin, count(*)
 FROM ban_events WHERE country_code != '' GROUP BY 1, 2, 3, 4, 5;
 
 CREATE TRIGGER ban_events_country_insert AFTER INSERT ON ban_events
 WHEN NEW.country_code != '' BEGIN
     INSERT INTO ban_event_country_hours (country_code, hour, jail, action, origin, events)
-    VALUES (NEW.country_code,
-            CASE WHEN NEW.timeofban >= 0 THEN NEW.timeofban / 3600
-                 ELSE (NEW.timeofban - 3599) / 3600 END,
-            NEW.jail, NEW.action, NEW.origin, 1)
+    VALUES (NEW.country_code, NEW.hour, NEW.jail, NEW.action, NEW.origin, 1)
     ON CONFLICT DO UPDATE SET events = events + 1;
 END;
 
@@ -127,23 +116,16 @@ CREATE TRIGGER ban_events_country_delete AFTER DELETE ON ban_events
 WHEN OLD.country_code != '' BEGIN
     UPDATE ban_event_country_hours SET events = events - 1
     WHERE country_code = OLD.country_code
-      AND hour = CASE WHEN OLD.timeofban >= 0 THEN OLD.timeofban / 3600
-                      ELSE (OLD.timeofban - 3599) / 3600 END
-      AND jail = OLD.jail AND action = OLD.action AND origin = OLD.origin;
+      AND hour = OLD.hour AND jail = OLD.jail AND action = OLD.action AND origin = OLD.origin;
 END;
 
 CREATE TRIGGER ban_events_country_update
 AFTER UPDATE OF timeofban, jail, action, origin, country_code ON ban_events BEGIN
     UPDATE ban_event_country_hours SET events = events - 1
     WHERE OLD.country_code != '' AND country_code = OLD.country_code
-      AND hour = CASE WHEN OLD.timeofban >= 0 THEN OLD.timeofban / 3600
-                      ELSE (OLD.timeofban - 3599) / 3600 END
-      AND jail = OLD.jail AND action = OLD.action AND origin = OLD.origin;
+      AND hour = OLD.hour AND jail = OLD.jail AND action = OLD.action AND origin = OLD.origin;
     INSERT INTO ban_event_country_hours (country_code, hour, jail, action, origin, events)
-    SELECT NEW.country_code,
-           CASE WHEN NEW.timeofban >= 0 THEN NEW.timeofban / 3600
-                ELSE (NEW.timeofban - 3599) / 3600 END,
-           NEW.jail, NEW.action, NEW.origin, 1
+    SELECT NEW.country_code, NEW.hour, NEW.jail, NEW.action, NEW.origin, 1
     WHERE NEW.country_code != ''
     ON CONFLICT DO UPDATE SET events = events + 1;
 END;
