@@ -24,6 +24,7 @@ PACKAGES=(
     python3-dbus-fast python3-aiosqlite python3-aiohttp python3-geoip2 python3-maxminddb
     python3-structlog python3-sdnotify
     python3-pytest python3-pytest-asyncio
+    gjs gir1.2-glib-2.0 dunst xvfb   # desktop tests: a GLib client, a notification server
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
