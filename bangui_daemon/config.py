@@ -36,10 +36,12 @@ __all__ = [
     "LogConfig",
     "LogFormat",
     "LogLevel",
+    "MetricsConfig",
     "TasksConfig",
     "dump_config",
     "load_config",
     "parse_config",
+    "split_listen",
 ]
 
 DEFAULT_CONFIG_PATH: Final = "/etc/bangui/bangui.toml"
@@ -189,6 +191,36 @@ def _networks(value: object) -> object:
     return tuple(result)
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """ "HOST:PORT" or "[V6]:PORT" -> (host, port); ValueError saying what is wrong."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError('must be "HOST:PORT", e.g. "127.0.0.1:9191"')
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be from 1 to 65535, got {port}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError('an IPv6 address must be in brackets, e.g. "[::1]:9191"')
+    return host, port
+
+
+def _listen_or_empty(value: object) -> object:
+    if value == "":
+        return value
+    text = _nonempty_string(value)
+    try:
+        split_listen(text)
+    except ValueError as exc:
+        raise _InvalidError(f"{exc}, got {_show(value)}") from None
+    return text
+
+
+def _absolute_path_or_empty(value: object) -> object:
+    return value if value == "" else _absolute_path(value)
+
+
 def _option(default: T, check: Check) -> T:
     """Declare a config key: its default and the check its TOML value must pass."""
     return field(default=default, metadata={_CHECK: check})
@@ -260,6 +292,19 @@ class GeoConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class MetricsConfig:
+    """Prometheus metrics: a /metrics listener and a node_exporter textfile; "" = off."""
+
+    listen: str = _option("", _listen_or_empty)
+    textfile: str = _option("", _absolute_path_or_empty)
+    textfile_interval: float = _option(60, _positive_number)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen or self.textfile)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LogConfig:
     """Log threshold and renderer ("auto" picks console, logfmt or JSON)."""
 
@@ -278,6 +323,7 @@ class Config:
     tasks: TasksConfig = field(default_factory=TasksConfig)
     blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
     geo: GeoConfig = field(default_factory=GeoConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -289,6 +335,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "tasks": TasksConfig,
     "blocklist": BlocklistConfig,
     "geo": GeoConfig,
+    "metrics": MetricsConfig,
     "log": LogConfig,
 }
 

@@ -28,6 +28,7 @@ from bangui_daemon.services.blocklists import BlocklistService
 from bangui_daemon.services.fail2ban_setup import Fail2banSetupCheck
 from bangui_daemon.services.geo import GeoService
 from bangui_daemon.services.history import HistoryService
+from bangui_daemon.services.metrics import MetricsService, TaskStat
 from bangui_daemon.services.safety import SafetyPolicy
 from bangui_daemon.services.state import DaemonState
 from bangui_daemon.services.status import StatusService
@@ -38,6 +39,7 @@ from bangui_daemon.tasks import (
     geo_resolve,
     history_purge,
     history_sync,
+    metrics,
 )
 from bangui_daemon.tasks.ban_watch import BanWatch
 from bangui_daemon.tasks.blocklist_import import BlocklistImport
@@ -45,6 +47,7 @@ from bangui_daemon.tasks.geo_cache_cleanup import GeoCacheCleanup
 from bangui_daemon.tasks.geo_resolve import GeoResolve
 from bangui_daemon.tasks.history_purge import HistoryPurge
 from bangui_daemon.tasks.history_sync import HistorySync
+from bangui_daemon.tasks.metrics import MetricsRefresh
 from bangui_daemon.tasks.scheduler import Scheduler
 
 GEO_RECENT = 7 * 86400  # archived addresses younger than this are kept resolved
@@ -65,6 +68,7 @@ class Components:
     geo: GeoService
     resolver: MmdbResolver
     fallback: HttpGeoFallback | None
+    metrics: MetricsService
 
     async def close(self) -> None:
         """Persist what is pending and release files and sockets (after the tasks stop)."""
@@ -170,6 +174,32 @@ async def build(
     )
     cleanup = GeoCacheCleanup(geo, lambda: config().geo.retention_days)
     scheduler.add(geo_cache_cleanup.NAME, tasks.geo_cache_cleanup, cleanup.run, timeout=3600)
+
+    def task_stats() -> list[TaskStat]:
+        return [
+            TaskStat(j.name, j.runs, j.failures, j.running, j.last_duration)
+            for j in scheduler.info()
+        ]
+
+    metrics_service = MetricsService(
+        state, bans, geo, client, events.lifetime_totals, blocklists.list_sources, task_stats
+    )
+    hub.subscribe(metrics_service.on_event)
+    if cfg.metrics.enabled:
+        refresh = MetricsRefresh(metrics_service, lambda: config().metrics.textfile)
+        scheduler.add(
+            metrics.NAME, cfg.metrics.textfile_interval, refresh.run, timeout=600, quiet=True
+        )
     return Components(
-        archive, client, scheduler, bans, status, history, blocklists, geo, resolver, fallback
+        archive,
+        client,
+        scheduler,
+        bans,
+        status,
+        history,
+        blocklists,
+        geo,
+        resolver,
+        fallback,
+        metrics_service,
     )

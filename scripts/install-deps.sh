@@ -22,7 +22,7 @@ PACKAGES=(
     systemd                      # busctl, systemd-analyze
     python3 python3-venv
     python3-dbus-fast python3-aiosqlite python3-aiohttp python3-geoip2 python3-maxminddb
-    python3-structlog python3-sdnotify
+    python3-structlog python3-sdnotify python3-prometheus-client
     python3-pytest python3-pytest-asyncio
 )
 

@@ -57,6 +57,11 @@ asn_db = "/usr/share/GeoIP/GeoLite2-ASN.mmdb"
 retention_days = 90
 http_fallback = false
 
+[metrics]                         # Prometheus; both off when empty
+listen = ""                       # "127.0.0.1:9191": serve /metrics
+textfile = ""                     # e.g. "/var/lib/prometheus/node-exporter/bangui.prom"
+textfile_interval = 60
+
 [log]
 level = "info"
 format = "auto"  # auto (console on a TTY, logfmt under systemd), json, logfmt, console
@@ -109,6 +114,12 @@ BAD_VALUES: list[tuple[str, str, object]] = [
     ("geo", "http_fallback_url", "ftp://ip-api.com/batch"),
     ("geo", "http_fallback_url", "http://"),
     ("geo", "http_fallback_rate_per_minute", 0),
+    ("metrics", "listen", "9191"),
+    ("metrics", "listen", "localhost:99999"),
+    ("metrics", "listen", "::1:9191"),
+    ("metrics", "listen", 9191),
+    ("metrics", "textfile", "bangui.prom"),
+    ("metrics", "textfile_interval", 0),
     ("log", "level", "verbose"),
     ("log", "level", 10),
     ("log", "format", "xml"),
@@ -221,9 +232,13 @@ def test_accepted_values() -> None:
             "tasks": {"ban_watch": 0.5, "history_sync": 1},
             "blocklist": {"min_prefix_v4": 0, "min_prefix_v6": 128, "timeout": 2.5},
             "geo": {"http_fallback": True, "http_fallback_url": "https://geo.example/batch"},
+            "metrics": {"listen": "[::1]:9191", "textfile": "/var/lib/node/bangui.prom"},
             "log": {"level": "DEBUG", "format": "logfmt"},
         }
     )
+    assert cfg.metrics.enabled
+    assert config.split_listen(cfg.metrics.listen) == ("::1", 9191)
+    assert not Config().metrics.enabled
     assert cfg.fail2ban.timeout == 0.5
     assert cfg.tasks.ban_watch == 0.5
     assert cfg.dbus.bus.startswith("unix:path=/tmp/bus")
