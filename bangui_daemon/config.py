@@ -30,6 +30,7 @@ __all__ = [
     "ArchiveConfig",
     "BlocklistConfig",
     "Config",
+    "CrowdsecConfig",
     "DbusConfig",
     "Fail2banConfig",
     "GeoConfig",
@@ -221,6 +222,24 @@ def _absolute_path_or_empty(value: object) -> object:
     return value if value == "" else _absolute_path(value)
 
 
+def _http_url_or_empty(value: object) -> object:
+    return value if value == "" else _http_url(value)
+
+
+def _names(value: object) -> object:
+    if not isinstance(value, list | tuple):
+        raise _InvalidError(f"must be a list of jail names, got {_show(value)}")
+    problems = []
+    for index, item in enumerate(value):
+        try:
+            _name(item)
+        except _InvalidError as exc:
+            problems.append(f"[{index}] {exc}")
+    if problems:
+        raise _InvalidError("; ".join(problems))
+    return tuple(dict.fromkeys(value))
+
+
 def _option(default: T, check: Check) -> T:
     """Declare a config key: its default and the check its TOML value must pass."""
     return field(default=default, metadata={_CHECK: check})
@@ -305,6 +324,45 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class CrowdsecConfig:
+    """A CrowdSec Local API: pull its decisions (a bouncer), push our bans (a machine)."""
+
+    lapi_url: str = _option("", _http_url_or_empty)
+    bouncer_key_file: str = _option("", _absolute_path_or_empty)
+    pull_interval: float = _option(10, _positive_number)
+    machine_id: str = _option("", lambda v: v if v == "" else _name(v))
+    machine_password_file: str = _option("", _absolute_path_or_empty)
+    push_jails: tuple[str, ...] = _option((), _names)
+
+    @property
+    def pull(self) -> bool:
+        return bool(self.lapi_url and self.bouncer_key_file)
+
+    @property
+    def push(self) -> bool:
+        return bool(self.lapi_url and self.machine_id and self.machine_password_file)
+
+    def problems(self, blocklist_jail: str) -> list[str]:
+        """What the keys say together that no single key shows."""
+        out = []
+        if self.lapi_url and not (self.bouncer_key_file or self.machine_id):
+            out.append(
+                "crowdsec.lapi_url: set bouncer_key_file (pull), or machine_id and "
+                "machine_password_file (push), or both"
+            )
+        if bool(self.machine_id) != bool(self.machine_password_file):
+            out.append("crowdsec.machine_id: needs machine_password_file too (and the reverse)")
+        if (self.bouncer_key_file or self.machine_id) and not self.lapi_url:
+            out.append("crowdsec.lapi_url: must be set when credentials are given")
+        if blocklist_jail in self.push_jails:
+            out.append(
+                f"crowdsec.push_jails: must not name the blocklist jail {blocklist_jail!r} "
+                "(pulled decisions would be pushed back)"
+            )
+        return out
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LogConfig:
     """Log threshold and renderer ("auto" picks console, logfmt or JSON)."""
 
@@ -324,6 +382,7 @@ class Config:
     blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
     geo: GeoConfig = field(default_factory=GeoConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    crowdsec: CrowdsecConfig = field(default_factory=CrowdsecConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -336,6 +395,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "blocklist": BlocklistConfig,
     "geo": GeoConfig,
     "metrics": MetricsConfig,
+    "crowdsec": CrowdsecConfig,
     "log": LogConfig,
 }
 
@@ -370,6 +430,9 @@ def parse_config(data: Mapping[str, object]) -> Config:
             except _InvalidError as exc:
                 problems.append(f"{name}.{key}: {exc}")
         sections[name] = cls(**values)
+    if not problems:
+        crowdsec = cast(CrowdsecConfig, sections["crowdsec"])
+        problems.extend(crowdsec.problems(cast(BlocklistConfig, sections["blocklist"]).jail))
     if problems:
         raise ConfigError("\n".join(problems))
     return Config(**cast(dict[str, Any], sections))

@@ -19,12 +19,15 @@ from bangui_daemon.archive.geo_repo import GeoCacheRepository
 from bangui_daemon.blocklist.importer import Importer
 from bangui_daemon.blocklist.policy import host_addresses
 from bangui_daemon.config import Config
+from bangui_daemon.crowdsec.lapi import LapiClient
 from bangui_daemon.events import EventHub
 from bangui_daemon.fail2ban.client import Fail2banClient
 from bangui_daemon.geo.http_fallback import HttpGeoFallback
 from bangui_daemon.geo.lookup import MmdbResolver
 from bangui_daemon.services.bans import BanService
 from bangui_daemon.services.blocklists import BlocklistService
+from bangui_daemon.services.crowdsec import SOURCE as CROWDSEC_SOURCE
+from bangui_daemon.services.crowdsec import CrowdsecBridge
 from bangui_daemon.services.fail2ban_setup import Fail2banSetupCheck
 from bangui_daemon.services.geo import GeoService
 from bangui_daemon.services.history import HistoryService
@@ -41,8 +44,9 @@ from bangui_daemon.tasks import (
     history_sync,
     metrics,
 )
-from bangui_daemon.tasks.ban_watch import BanWatch
+from bangui_daemon.tasks.ban_watch import BanWatch, DiffListener
 from bangui_daemon.tasks.blocklist_import import BlocklistImport
+from bangui_daemon.tasks.crowdsec import PULL, PUSH, PUSH_INTERVAL, CrowdsecPull, CrowdsecPush
 from bangui_daemon.tasks.geo_cache_cleanup import GeoCacheCleanup
 from bangui_daemon.tasks.geo_resolve import GeoResolve
 from bangui_daemon.tasks.history_purge import HistoryPurge
@@ -69,11 +73,14 @@ class Components:
     resolver: MmdbResolver
     fallback: HttpGeoFallback | None
     metrics: MetricsService
+    crowdsec: CrowdsecBridge | None
 
     async def close(self) -> None:
         """Persist what is pending and release files and sockets (after the tasks stop)."""
         with contextlib.suppress(Exception):
             await self.geo.flush()
+        if self.crowdsec is not None:
+            await self.crowdsec.close()
         if self.fallback is not None:
             await self.fallback.close()
         self.resolver.close()
@@ -149,10 +156,20 @@ async def build(
         since = int(time.time()) - GEO_RECENT
         return bans.banned_ips() + await events.distinct_ips_since(since, GEO_RECENT_LIMIT)
 
+    listeners: list[DiffListener] = [history.record_diff, Fail2banSetupCheck(client, config)]
+    crowdsec = None
+    if cfg.crowdsec.lapi_url:
+        crowdsec = CrowdsecBridge(
+            LapiClient(cfg.crowdsec.lapi_url, cfg.blocklist.timeout),
+            lambda: config().crowdsec,
+            blocklists,
+            lambda: config().blocklist.jail,
+        )
+        listeners.append(crowdsec.on_diff)
     watch = BanWatch(
         bans,
         hub,
-        [history.record_diff, Fail2banSetupCheck(client, config)],
+        listeners,
         quiet_jail=importer.quiet_jail,
         busy_jail=importer.busy_jail,
     )
@@ -190,6 +207,16 @@ async def build(
         scheduler.add(
             metrics.NAME, cfg.metrics.textfile_interval, refresh.run, timeout=600, quiet=True
         )
+    if crowdsec is None:
+        await blocklists.remove_orphan_feed(CROWDSEC_SOURCE)
+    else:
+        if cfg.crowdsec.pull:
+            await crowdsec.start()
+            scheduler.add(
+                PULL, cfg.crowdsec.pull_interval, CrowdsecPull(crowdsec).run, timeout=6 * 3600
+            )
+        if cfg.crowdsec.push:
+            scheduler.add(PUSH, PUSH_INTERVAL, CrowdsecPush(crowdsec).run, timeout=300, quiet=True)
     return Components(
         archive,
         client,
@@ -202,4 +229,5 @@ async def build(
         resolver,
         fallback,
         metrics_service,
+        crowdsec,
     )
