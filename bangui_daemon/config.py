@@ -292,9 +292,6 @@ def _source_table(index: int, table: object) -> tuple[BlocklistSource | None, li
             problems.append(
                 f"{where}.url: must be an http://, https:// or file:// URL, got {_show(url)}"
             )
-    interval = values.get("interval")
-    if isinstance(interval, int) and 0 < interval < 60:
-        problems.append(f"{where}.interval: must be 0 (the default) or at least 60, got {interval}")
     if values.get("name") in RESERVED_SOURCE_NAMES:
         problems.append(f"{where}.name: {values['name']!r} is reserved for its own section")
     if problems:

@@ -270,10 +270,7 @@ def _source_options(p: argparse.ArgumentParser) -> None:
 def _interval_arg(text: str) -> int:
     if text.strip() == "0":
         return 0
-    seconds = _duration_arg(text)
-    if seconds < 60:
-        raise argparse.ArgumentTypeError(f"must be at least 1 minute: {text!r}")
-    return seconds
+    return _duration_arg(text)
 
 
 # --- errors ------------------------------------------------------------------------------

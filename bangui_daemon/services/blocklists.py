@@ -51,8 +51,6 @@ def check_interval(value: object) -> int:
     """Seconds between scheduled imports of one source; 0 = the task's interval."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INTERVAL:
         raise InvalidArgument(f"interval must be 0 (the default) to {MAX_INTERVAL} seconds")
-    if 0 < value < 60:
-        raise InvalidArgument("interval must be at least 60 seconds (or 0 for the default)")
     return value
 
 

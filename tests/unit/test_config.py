@@ -117,7 +117,7 @@ BAD_VALUES: list[tuple[str, str, object]] = [
     ("blocklist", "source", {"name": "x"}),
     ("blocklist", "source", [{"name": "x"}]),
     ("blocklist", "source", [{"name": "x", "url": "ftp://x/l"}]),
-    ("blocklist", "source", [{"name": "x", "url": "https://x/l", "interval": 30}]),
+    ("blocklist", "source", [{"name": "x", "url": "https://x/l", "interval": -30}]),
     ("blocklist", "source", [{"name": "crowdsec", "url": "https://x/l"}]),
     ("blocklist", "source", [{"name": "x", "url": "https://x/l", "colour": 1}]),
     ("geo", "country_db", "GeoLite2-Country.mmdb"),
