@@ -29,6 +29,7 @@ __all__ = [
     "LOG_LEVELS",
     "ArchiveConfig",
     "BlocklistConfig",
+    "BlocklistSource",
     "Config",
     "CrowdsecConfig",
     "DbusConfig",
@@ -240,6 +241,81 @@ def _names(value: object) -> object:
     return tuple(dict.fromkeys(value))
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BlocklistSource:
+    """One `[[blocklist.source]]` table: a source managed by the config file."""
+
+    name: str
+    url: str
+    enabled: bool = True
+    interval: int = 0
+    """Seconds between imports of this source; 0 = tasks.blocklist_import."""
+    max_entries: int = 0
+    """This source's entry cap; 0 = blocklist.max_entries."""
+
+
+# Sources the daemon manages itself: a config table may not take their name.
+RESERVED_SOURCE_NAMES: Final = ("crowdsec",)
+_SOURCE_SCHEMES: Final = ("http", "https", "file")
+
+
+def _source_table(index: int, table: object) -> tuple[BlocklistSource | None, list[str]]:
+    where = f"[{index}]"
+    if not isinstance(table, Mapping):
+        return None, [f"{where} must be a table ([[blocklist.source]]), got {_show(table)}"]
+    problems: list[str] = []
+    known = {f.name for f in dataclasses.fields(BlocklistSource)}
+    problems.extend(
+        f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})"
+        for key in table
+        if key not in known
+    )
+    problems.extend(f"{where}.{key}: is required" for key in ("name", "url") if key not in table)
+    values: dict[str, object] = {}
+    checks: dict[str, Check] = {
+        "name": _nonempty_string,
+        "url": _nonempty_string,
+        "enabled": _boolean,
+        "interval": _integer(0, 366 * 86400),
+        "max_entries": _integer(0, 10_000_000),
+    }
+    for key, check in checks.items():
+        if key in table:
+            try:
+                values[key] = check(table[key])
+            except _InvalidError as exc:
+                problems.append(f"{where}.{key}: {exc}")
+    url = values.get("url")
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        if parts.scheme not in _SOURCE_SCHEMES or (parts.scheme != "file" and not parts.hostname):
+            problems.append(
+                f"{where}.url: must be an http://, https:// or file:// URL, got {_show(url)}"
+            )
+    if values.get("name") in RESERVED_SOURCE_NAMES:
+        problems.append(f"{where}.name: {values['name']!r} is reserved for its own section")
+    if problems:
+        return None, problems
+    return BlocklistSource(**values), []  # type: ignore[arg-type]
+
+
+def _sources(value: object) -> object:
+    if not isinstance(value, list | tuple):
+        raise _InvalidError(f"must be [[blocklist.source]] tables, got {_show(value)}")
+    sources: list[BlocklistSource] = []
+    problems: list[str] = []
+    for index, table in enumerate(value):
+        source, found = _source_table(index, table)
+        problems.extend(found)
+        if source is not None:
+            if any(s.name == source.name for s in sources):
+                problems.append(f"[{index}].name: {source.name!r} is declared twice")
+            sources.append(source)
+    if problems:
+        raise _InvalidError("; ".join(problems))
+    return tuple(sources)
+
+
 def _option(default: T, check: Check) -> T:
     """Declare a config key: its default and the check its TOML value must pass."""
     return field(default=default, metadata={_CHECK: check})
@@ -289,13 +365,14 @@ class BlocklistConfig:
     jail: str = _option("blocklist-import", _name)
     max_bytes: int = _option(52428800, _integer(1))
     timeout: float = _option(60, _positive_number)
-    max_entries: int = _option(100000, _integer(1))
+    max_entries: int = _option(250000, _integer(1))
     min_prefix_v4: int = _option(16, _integer(0, 32))
     min_prefix_v6: int = _option(32, _integer(0, 128))
     allowlist: tuple[str, ...] = _option((), _networks)
     file_dir: str = _option("/etc/bangui/lists", _absolute_path)
     ipsum_min_count: int = _option(1, _integer(1))
     batch_size: int = _option(200, _integer(1))
+    source: tuple[BlocklistSource, ...] = _option((), _sources)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -484,8 +561,18 @@ def dump_config(cfg: Config) -> str:
         if lines:
             lines.append("")
         lines.append(f"[{name}]")
-        lines.extend(
-            f"{f.name} = {_toml_value(getattr(section, f.name))}"
-            for f in dataclasses.fields(section)
-        )
+        tables: list[tuple[str, tuple[Any, ...]]] = []
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+                tables.append((f.name, value))  # arrays of tables come after the keys
+            else:
+                lines.append(f"{f.name} = {_toml_value(value)}")
+        for key, items in tables:
+            for item in items:
+                lines.extend(("", f"[[{name}.{key}]]"))
+                lines.extend(
+                    f"{g.name} = {_toml_value(getattr(item, g.name))}"
+                    for g in dataclasses.fields(item)
+                )
     return "\n".join(lines) + "\n"
