@@ -95,6 +95,9 @@ class PrivatePolkit:
             return self._name_owned()
 
         wait_until(up, timeout, f"polkitd to own {POLKIT_NAME}")
+        # like dbus-daemon, polkitd skips a broken rules file with only a log line
+        if "Error " in self.log_text():
+            raise HarnessError(f"polkitd rejected a rules file:\n{self.log_text()}")
 
     def log_text(self) -> str:
         try:
