@@ -20,6 +20,7 @@ PACKAGES=(
     fail2ban sqlite3
     dbus-daemon dbus-bin libglib2.0-bin
     systemd                      # busctl, systemd-analyze
+    polkitd                      # polkitd, pkaction, pkcheck: the polkit tests' own polkitd
     python3 python3-venv
     python3-dbus-fast python3-aiosqlite python3-aiohttp python3-geoip2 python3-maxminddb
     python3-structlog python3-sdnotify python3-prometheus-client

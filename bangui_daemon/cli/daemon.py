@@ -8,6 +8,7 @@ import sys
 from bangui_daemon import __version__
 from bangui_daemon.config import DEFAULT_CONFIG_PATH, dump_config, load_config
 from bangui_daemon.errors import ConfigError
+from bangui_daemon.logging import report_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"bangui-daemon: invalid configuration:\n{exc}", file=sys.stderr)
+        report_error(f"bangui-daemon: invalid configuration:\n{exc}")
         sys.exit(2)
     if args.check_config:
         sys.stdout.write(dump_config(config))
