@@ -17,7 +17,7 @@ OUTPUTS: dict[str, Callable[[], str]] = {
     "bangui.toml.5": config_page,
     "bangui-daemon.dbus.5": dbus_page,
     "bangui.toml": example_config,
-    "banguictl.bash-completion": bash_completion,
+    "bash-completion/banguictl": bash_completion,
 }
 
 
@@ -28,7 +28,9 @@ def main(argv: list[str]) -> int:
     out = Path(argv[0])
     out.mkdir(parents=True, exist_ok=True)
     for name, render in OUTPUTS.items():
-        (out / name).write_text(render(), encoding="utf-8")
+        path = out / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(render(), encoding="utf-8")
     return 0
 
 
