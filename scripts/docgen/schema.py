@@ -48,7 +48,7 @@ def sections() -> list[Section]:
         cls = section_field.default_factory
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             raise TypeError(f"Config.{section_field.name} is not a section dataclass")
-        docs = _attribute_docs(cls)
+        docs = attribute_docs(cls)
         hints = typing.get_type_hints(cls)
         keys = []
         for key_field in dataclasses.fields(cls):
@@ -81,7 +81,7 @@ def _defaults() -> dict[str, str]:
     return defaults
 
 
-def _attribute_docs(cls: type[Any]) -> dict[str, str]:
+def attribute_docs(cls: type[Any]) -> dict[str, str]:
     """Map each annotated field of `cls` to the string literal right below it."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0]
