@@ -236,7 +236,7 @@ class DbusConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TasksConfig:
-    """Scheduler intervals in seconds (floats allowed, for tests)."""
+    """How often each task runs, in seconds (fractions allowed)."""
 
     ban_watch: float = _option(2, _positive_number)
     """How often fail2ban's current bans are compared with the last look, to send BanAdded,

@@ -137,10 +137,44 @@ def check_installed_files() -> None:
     )
     activation = Path("/usr/share/dbus-1/system-services/org.bangui.Daemon1.service")
     assert "SystemdService=bangui-daemon.service" in activation.read_text()
+    assert "org.bangui.Daemon1" in activatable_names(activation.parent)
     assert group_exists(ADMIN_GROUP)
     verify = run("systemd-analyze", "verify", f"/lib/systemd/system/{UNIT}")
     assert verify.returncode == 0
     assert verify.stdout + verify.stderr == ""
+
+
+ACTIVATION_BUS = """<busconfig>
+  <type>system</type>
+  <auth>EXTERNAL</auth>
+  <listen>unix:path={socket}</listen>
+  <servicedir>{services}</servicedir>
+  <policy context="default">
+    <allow user="*"/>
+    <allow send_destination="org.freedesktop.DBus"/>
+    <allow receive_type="method_return"/>
+  </policy>
+</busconfig>
+"""
+
+
+def activatable_names(services: Path) -> str:
+    """What a system-type dbus-daemon reading `services` offers to activate."""
+    with tempfile.TemporaryDirectory() as tmp:
+        socket = Path(tmp) / "bus"
+        config = Path(tmp) / "bus.conf"
+        config.write_text(ACTIVATION_BUS.format(socket=socket, services=services))
+        bus = subprocess.Popen(
+            ["dbus-daemon", f"--config-file={config}", "--nofork", "--nosyslog"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(socket.exists, 10, "the activation test bus")
+            return ok("busctl", f"--address=unix:path={socket}", "list", "--activatable")
+        finally:
+            bus.terminate()
+            bus.wait(10)
 
 
 def run_installed_unit(work: Path) -> None:
