@@ -1,4 +1,4 @@
-"""The built .deb as a sysadmin gets it: install, run under systemd, reinstall, purge.
+"""The built .deb as a sysadmin gets it: upgrade, run under systemd, reinstall, purge.
 
 Runs when scripts/check.sh points BANGUI_DEB_DIR at the packages scripts/build-deb.sh
 built, as root, on a host where bangui-daemon is not installed. Service starts are
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import grp
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -119,6 +120,18 @@ def deny_service_starts() -> Iterator[None]:
     finally:
         if created:
             POLICY_RC.unlink()
+
+
+def older_version(deb: Path, folder: Path) -> Path:
+    """The same package as version 0.0.1, to install first and upgrade from."""
+    tree = folder / "old"
+    ok("dpkg-deb", "--raw-extract", str(deb), str(tree))
+    control = tree / "DEBIAN" / "control"
+    control.write_text(re.sub(r"(?m)^Version: .*$", "Version: 0.0.1", control.read_text()))
+    old = folder / f"{PACKAGE}_0.0.1_all.deb"
+    ok("dpkg-deb", "--root-owner-group", "--build", str(tree), str(old))
+    shutil.rmtree(tree)
+    return old
 
 
 def check_installed_files() -> None:
@@ -232,7 +245,7 @@ def status(systemd: NamespacedSystemd) -> str:
     return "\n" + systemd.systemctl("status", UNIT).stdout
 
 
-def test_package_install_run_under_systemd_reinstall_purge(
+def test_package_upgrade_run_under_systemd_reinstall_purge(
     deb: Path, deny_service_starts: None
 ) -> None:
     group_before = group_exists(ADMIN_GROUP)
@@ -244,8 +257,12 @@ def test_package_install_run_under_systemd_reinstall_purge(
     work = Path(tempfile.mkdtemp(prefix="bangui-pkgtest-", dir="/srv"))
     work.chmod(0o755)
     try:
+        # an upgrade from an older version first, then the package as built
+        dpkg("--install", str(older_version(deb, work)))
+        assert installed_status() == "installed"
         dpkg("--install", str(deb))
         assert installed_status() == "installed"
+        assert ok("dpkg-query", "-W", "-f=${Version}", PACKAGE) == deb.name.split("_")[1]
         assert set(map(os.path.normpath, ok("dpkg", "-L", PACKAGE).splitlines())) == paths
         check_installed_files()
         run_installed_unit(work)
