@@ -183,6 +183,9 @@ class Fail2banCopy:
         return await self._archive_stage(blocklist_jail, {}, bulk=False)
 
     async def _clear_stage(self) -> None:
+        # the index is built after staging, when needed: kept, it would slow the staging
+        # statements, and those are the ones that hold fail2ban's DB
+        await self._conn.execute("DROP INDEX IF EXISTS temp.f2b_stage_key")
         await self._conn.execute("DELETE FROM temp.f2b_stage")
 
     async def _archive_stage(
@@ -196,6 +199,10 @@ class Fail2banCopy:
                     "SELECT 1 FROM ban_events WHERE recorded_by = 'ban_watch' LIMIT 1"
                 )
             )
+            if pending:  # the ban watch's rows are looked up in the page by key
+                await conn.execute(
+                    "CREATE INDEX temp.f2b_stage_key ON f2b_stage (jail, ip, timeofban)"
+                )
             await conn.execute("BEGIN")
             try:
                 if pending:

@@ -29,7 +29,7 @@ from bangui_daemon.tasks.scheduler import TaskResult
 log = structlog.get_logger(__name__)
 
 NAME = "history_sync"
-PAGE_ROWS = 20_000
+PAGE_ROWS = 5000
 RECENT_MAX = 20_000  # rows in the recent ip index before a run merges it
 MARK_ROWID = "history_sync.rowid"
 MARK_KEY = "history_sync.row_key"
