@@ -148,6 +148,7 @@ async def build(
         lambda: config().blocklist,
         lambda: config().fail2ban.timeout,
         safety.host_addresses,
+        fail2ban_db=lambda: config().fail2ban.database,
     )
     blocklists = BlocklistService(importer)
 

@@ -40,6 +40,7 @@ from bangui_daemon.blocklist.policy import BanPolicy
 from bangui_daemon.config import BlocklistConfig
 from bangui_daemon.errors import BanguiError, InvalidArgument
 from bangui_daemon.events import EventHub, ImportFinished, ImportProgress, ImportStarted
+from bangui_daemon.fail2ban.ban_rows import await_ban_rows
 from bangui_daemon.fail2ban.client import Fail2banClient
 
 log = structlog.get_logger(__name__)
@@ -102,6 +103,7 @@ class Importer:
         fail2ban_timeout: Callable[[], float],
         host_addresses: Sequence[str],
         clock: Callable[[], float] = time.time,
+        fail2ban_db: Callable[[], str] | None = None,
     ) -> None:
         self.sources = SourcesRepository(archive)
         self.runs = ImportRunsRepository(archive)
@@ -111,6 +113,7 @@ class Importer:
         self._hub = hub
         self._config = config
         self._f2b_timeout = fail2ban_timeout
+        self._f2b_db = fail2ban_db
         self._host = list(host_addresses)
         self._clock = clock
         self._running = 0
@@ -405,8 +408,10 @@ class Importer:
             await self.listings.advance(source_id, chunks[-1], [], jail, run_id, now)
         # Entries already forgotten by an interrupted attempt are not in `ours`; the
         # unban below is idempotent for the rest.
+        rows = _RowsWritten(self._f2b_db, self._f2b_timeout(), jail, banned_now)
         for start in range(0, len(to_unban), batch):
             chunk = to_unban[start : start + batch]
+            await rows.wait(chunk)
             outcome.removed += await self._client.unban(jail, chunk, timeout=call_timeout)
             await self.listings.forget_bans(chunk)
             progress.advance(len(chunk))
@@ -433,7 +438,10 @@ class Importer:
         to_unban = sorted(e for e in listed - kept if e in ours)
         removed = 0
         batch = self._config().batch_size
+        banned_now = set(await self._client.banned(jail)) if to_unban else set()
+        rows = _RowsWritten(self._f2b_db, self._f2b_timeout(), jail, banned_now)
         for start in range(0, len(to_unban), batch):
+            await rows.wait(to_unban[start : start + batch])
             removed += await self._client.unban(
                 jail,
                 to_unban[start : start + batch],
@@ -442,6 +450,26 @@ class Importer:
         await self.listings.remove_source(source.id, to_unban)
         log.info("blocklist_source_removed", source_id=source.id, unbanned=removed)
         return removed
+
+
+class _RowsWritten:
+    """Before an unban: fail2ban's DB has the rows of the bans it lifts (see ban_rows).
+
+    One wait that runs out ends the waiting for the rest of the run: the DB is then
+    elsewhere or stuck, and every further batch would wait the same in vain.
+    """
+
+    def __init__(
+        self, db: Callable[[], str] | None, timeout: float, jail: str, banned_now: set[str]
+    ) -> None:
+        self._db, self._timeout, self._jail, self._banned_now = db, timeout, jail, banned_now
+
+    async def wait(self, chunk: Sequence[str]) -> None:
+        if self._db is None:
+            return
+        live = [e for e in chunk if e in self._banned_now]
+        if not await await_ban_rows(self._db(), self._jail, live, self._timeout):
+            self._db = None
 
 
 class _Progress:
