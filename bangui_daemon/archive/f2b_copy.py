@@ -83,7 +83,7 @@ class Fail2banCopy:
             "WHERE true ON CONFLICT (timeofban, jail, ip, action) DO NOTHING"
         )
         self._fill = (
-            "UPDATE ban_events SET data = b.data, bancount = b.bancount, "
+            "UPDATE ban_events SET data = b.data, bancount = b.bancount, bantime = b.bantime, "
             "recorded_by = 'history_sync' FROM temp.f2b_stage AS b "
             "WHERE ban_events.recorded_by = 'ban_watch' AND +ban_events.action = 'ban' "
             "AND ban_events.jail = b.jail AND ban_events.ip = b.ip "
