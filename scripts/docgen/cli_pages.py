@@ -160,7 +160,7 @@ def ctl_page() -> str:
             page.raw(".RS 4")
             _describe(page, own, sub.prog)
             page.raw(".RE")
-        for _action, (action_help, action_parser) in subcommands(sub).items():
+        for action_help, action_parser in subcommands(sub).values():
             # e.g. `source add`: one paragraph per action, with its own arguments
             page.raw(".PP")
             page.raw(roff.literal(usage(action_parser)))
