@@ -7,6 +7,7 @@ injected (a fixed clock): nothing sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Iterable
@@ -362,6 +363,25 @@ async def test_capture_ip_before_unban(archive: Archive, tmp_path: Path) -> None
     assert s.counted == 1
     # the regular sync still copies the rest, and the captured row only once
     assert (await s.sync.run())["new_events"] == 9
+
+
+async def test_capture_ip_waits_for_the_row_of_a_live_ban(archive: Archive, tmp_path: Path) -> None:
+    """fail2ban writes the row of a ban after the ban: UnbanIp's capture waits for it,
+    or the unban deletes nothing and fail2ban restores the ban at its next start."""
+    db = f2b_db(tmp_path / "f2b.sqlite3", ban_rows(3))
+    s = Synced(archive, db)
+    capture = asyncio.ensure_future(s.sync.capture_ip("45.7.0.1", ["sshd"]))
+    await asyncio.sleep(0.3)
+    assert not capture.done()
+    conn = sqlite3.connect(db)  # fail2ban's observer, late
+    for table in ("bans", "bips"):
+        conn.execute(
+            f"INSERT INTO {table} (jail, ip, timeofban, bantime) VALUES (?, ?, 1, 60)",
+            ("sshd", "45.7.0.1"),
+        )
+    conn.commit()
+    conn.close()
+    assert await capture == 1
 
 
 async def test_missing_fail2ban_db_is_skipped(
