@@ -60,7 +60,7 @@ class BanService:
         state: DaemonState,
         blocklist_jail: Callable[[], str],
         refusal: Callable[[], RefusalCheck],
-        before_unban: Callable[[str], Awaitable[object]] | None = None,
+        before_unban: Callable[[str, list[str]], Awaitable[object]] | None = None,
     ) -> None:
         self._client = client
         self._state = state
@@ -188,9 +188,11 @@ class BanService:
         else:
             candidates = list(self._counts) or await self._client.jails()
         if self._before_unban is not None:
-            # fail2ban deletes an unbanned address's rows: archive them first.
+            # fail2ban deletes an unbanned address's rows: archive them first, once
+            # fail2ban has written those of the bans it holds now (see capture_ip).
             try:
-                await self._before_unban(address)
+                live = [name for name in candidates if address in self._bans.get(name, {})]
+                await self._before_unban(address, live)
             except Exception:
                 log.exception("archive_before_unban_failed", ip=address)
         removed = [name for name in candidates if await self._client.unban(name, [address]) > 0]
