@@ -92,9 +92,9 @@ class Daemon:
         server = await DbusServer.start(
             cfg.dbus.bus, lambda: self.config.dbus.admin_group, self.hub, self.state, parts
         )
-        # One bounded refresh first, so READY comes with a true State and jail list.
+        # One bounded first snapshot, so READY comes with a true State and jail list.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(parts.bans.refresh(), cfg.fail2ban.timeout)
+            await asyncio.wait_for(parts.watch.start(), cfg.fail2ban.timeout)
         parts.scheduler.start()
         self.state.set_phase(RUNNING)
         self.notifier.ready(f"serving {BUS_NAME}")

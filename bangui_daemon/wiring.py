@@ -21,8 +21,11 @@ from bangui_daemon.blocklist.policy import host_addresses
 from bangui_daemon.config import Config
 from bangui_daemon.events import EventHub
 from bangui_daemon.fail2ban.client import Fail2banClient
+from bangui_daemon.fail2ban.db_changes import FileChanges
+from bangui_daemon.fail2ban.db_tail import BanRowTail
 from bangui_daemon.geo.http_fallback import HttpGeoFallback
 from bangui_daemon.geo.lookup import MmdbResolver
+from bangui_daemon.services.ban_watch import BanWatch
 from bangui_daemon.services.bans import BanService
 from bangui_daemon.services.blocklists import BlocklistService
 from bangui_daemon.services.fail2ban_setup import Fail2banSetupCheck
@@ -39,7 +42,7 @@ from bangui_daemon.tasks import (
     history_purge,
     history_sync,
 )
-from bangui_daemon.tasks.ban_watch import BanWatch
+from bangui_daemon.tasks.ban_watch import BanWatchTask
 from bangui_daemon.tasks.blocklist_import import BlocklistImport
 from bangui_daemon.tasks.geo_cache_cleanup import GeoCacheCleanup
 from bangui_daemon.tasks.geo_resolve import GeoResolve
@@ -59,6 +62,7 @@ class Components:
     client: Fail2banClient
     scheduler: Scheduler
     bans: BanService
+    watch: BanWatch
     status: StatusService
     history: HistoryService
     blocklists: BlocklistService
@@ -68,6 +72,7 @@ class Components:
 
     async def close(self) -> None:
         """Persist what is pending and release files and sockets (after the tasks stop)."""
+        await self.watch.stop()
         with contextlib.suppress(Exception):
             await self.geo.flush()
         if self.fallback is not None:
@@ -147,14 +152,22 @@ async def build(
 
     watch = BanWatch(
         bans,
+        BanRowTail(cfg.fail2ban.database),
+        FileChanges(cfg.fail2ban.database),
         hub,
-        [history.record_diff, Fail2banSetupCheck(client, config)],
+        geo.resolve_now,
+        lambda: config().tasks.ban_watch,
+        listeners=[history.record_diff, Fail2banSetupCheck(client, config)],
         quiet_jail=importer.quiet_jail,
         busy_jail=importer.busy_jail,
     )
     tasks = cfg.tasks
     scheduler.add(
-        ban_watch.NAME, tasks.ban_watch, watch.run, timeout=cfg.fail2ban.timeout * 3, quiet=True
+        ban_watch.NAME,
+        tasks.ban_watch,
+        BanWatchTask(watch).run,
+        timeout=cfg.fail2ban.timeout * 3,
+        quiet=True,
     )
     scheduler.add(history_sync.NAME, tasks.history_sync, sync.run, timeout=3600)
     purge = HistoryPurge(events, lambda: config().archive.retention_days)
@@ -171,5 +184,15 @@ async def build(
     cleanup = GeoCacheCleanup(geo, lambda: config().geo.retention_days)
     scheduler.add(geo_cache_cleanup.NAME, tasks.geo_cache_cleanup, cleanup.run, timeout=3600)
     return Components(
-        archive, client, scheduler, bans, status, history, blocklists, geo, resolver, fallback
+        archive,
+        client,
+        scheduler,
+        bans,
+        watch,
+        status,
+        history,
+        blocklists,
+        geo,
+        resolver,
+        fallback,
     )
