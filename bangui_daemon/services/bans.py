@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -184,6 +184,13 @@ class BanService:
             if old is not None:
                 diff.removed.append(old)
             diff.added.append(ban)
+            counts = self._counts.get(row.jail)
+            if counts is not None:  # ListJails moves with ListBans, not a poll later
+                self._counts[row.jail] = replace(
+                    counts,
+                    currently_banned=counts.currently_banned + (old is None),
+                    total_banned=counts.total_banned + 1,
+                )
         return diff
 
     def reconcile(
