@@ -110,7 +110,8 @@ class FileChanges:
 
     async def wait(self, within: float) -> bool:
         """Wait for a write (True) or `within` seconds (False); polling mode waits at
-        most FALLBACK and reports a possible write (True)."""
+        most FALLBACK and reports a possible write (True). The write stays noted until
+        `clear()`: call it just before reading, so writes seen meanwhile are not lost."""
         if self._fd is None and not self.start():
             await asyncio.sleep(min(within, self._fallback))
             return True
@@ -118,8 +119,11 @@ class FileChanges:
             await asyncio.wait_for(self._changed.wait(), within)
         except TimeoutError:
             return False
-        self._changed.clear()
         return True
+
+    def clear(self) -> None:
+        """Forget the writes noted so far (the caller is about to read them)."""
+        self._changed.clear()
 
     def _on_readable(self) -> None:
         fd = self._fd

@@ -13,11 +13,16 @@ Why fail2ban's DB, and how:
   syslog, journal) and line format are the admin's choice, its DB is not.
 - What the DB does not show is lifted bans: expiry leaves the rows, a manual unban
   deletes them. Expiry is computable (time of ban + ban time), UnbanIp knows what it
-  lifted, and the safety net, every `tasks.ban_watch` seconds, asks fail2ban only for
-  its counters (`status`, `status JAIL short`: constant size). When the counters
-  agree with the snapshot, that is all; due bans are named without asking, or asked
-  about one by one (`get JAIL banned ...`) when only some were lifted yet. Only counters
-  nothing explains (an unban through fail2ban-client, fail2ban without a DB, a jail
+  lifted, and the safety net, the ban_watch task, asks fail2ban for its counters
+  (`status`, `status JAIL short`: constant size) when something may have been lifted
+  or hidden: a ban due, an UnbanIp, a write of the DB that brought no ban row (an
+  unban deletes rows; log positions are written too), a lost connection or DB; and
+  every FULL_EVERY ticks regardless. Other ticks ask nothing: at ~0.2 ms of
+  fail2ban's CPU a command, three commands every 2 s were about 20% of what a quiet
+  fail2ban spends (bench/bench_banwatch.py). When the counters agree with the
+  snapshot, that is all; due bans are named without asking, or asked about
+  (`get JAIL banned ...`) when only some were lifted yet. Only counters nothing
+  explains (an unban through fail2ban-client, fail2ban without a DB, a jail
   restarted) lead to a full list, once: first the watch looks again (a DB row may be
   in flight), then it reads `get JAIL banip --with-time` for that jail.
 - Without inotify the DB is read every 0.25 s (an index seek); without a readable DB
@@ -53,6 +58,7 @@ PER_ADDRESS_LIMIT = 100
 SETTLE = 0.005  # after a write wakes us: let the rest of a burst land in the same read
 RECHECK = 0.3  # unexplained counters: wait this long for a DB row before listing
 RETRY = 2.0  # the DB could not be read: try again after this long
+FULL_EVERY = 5  # ticks: the counters are read at least this often, whatever happened
 
 DiffListener = Callable[[BanDiff], Awaitable[None]]
 GeoResolve = Callable[[Sequence[str]], Awaitable[None]]
@@ -95,6 +101,9 @@ class BanWatch:
         self._summary_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._rows_read = 0
+        self._dirty = False  # fail2ban wrote its DB without a ban row (an unban?)
+        self._lost = False  # the tail may have skipped rows
+        self._light_ticks = 0
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -131,20 +140,22 @@ class BanWatch:
         while True:
             try:
                 # a read per interval even without a wake-up: the watch may have died
-                await self._changes.wait(self._interval() if self._db_ok else RETRY)
+                woken = await self._changes.wait(self._interval() if self._db_ok else RETRY)
                 await asyncio.sleep(SETTLE)
+                self._changes.clear()  # what is written from here on wakes us again
                 async with self._lock:
-                    await self._read_rows()
+                    rows = await self._read_rows()
+                if woken and not rows and self._changes.event_driven:
+                    self._dirty = True
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("ban_watch_follow_failed")
                 await asyncio.sleep(RETRY)
 
-    async def _read_rows(self) -> bool:
-        """Read and apply every new row (lock held); False when the DB may have hidden
-        some (the caller then trusts the counters less)."""
-        complete = True
+    async def _read_rows(self) -> int:
+        """Read and apply every new row (lock held); return how many were read."""
+        count = 0
         while True:
             try:
                 read = await self._tail.read()
@@ -152,27 +163,51 @@ class BanWatch:
                 if self._db_ok:
                     log.warning("fail2ban_db_unreadable", path=self._tail.path, reason=str(exc))
                 self._db_ok = False
-                return False
+                return count
             if not self._db_ok:
                 log.info("fail2ban_db_readable", path=self._tail.path)
                 self._db_ok = True
             if read.lost:
                 log.info("fail2ban_db_rows_skipped", path=self._tail.path)
-                complete = False
+                self._lost = True
+            count += len(read.rows)
             self._rows_read += len(read.rows)
             diff = self._bans.apply_rows(read.rows, self._clock())
             await self._publish(diff)
             if not read.more:
-                break
+                return count
             await asyncio.sleep(0)
-        return complete
 
     # ---- the safety net: fail2ban's counters ----------------------------------
 
-    async def poll(self) -> TaskResult:
-        """One safety-net tick (the ban_watch task, RunTask, after UnbanIp)."""
+    async def poll(self, *, full: bool = False) -> TaskResult:
+        """One safety-net tick (the ban_watch task, RunTask, after UnbanIp).
+
+        When nothing can have been lifted or hidden (see `BanService.settled`, and
+        fail2ban's DB was only written with ban rows), the tick asks fail2ban nothing;
+        every FULL_EVERY ticks, or with `full`, it reads the counters regardless.
+        """
         async with self._poll_lock:
+            if not full and self._light_ok():
+                self._light_ticks += 1
+                return {"counters_read": False, "active_bans": self._bans.active_bans()}
+            self._light_ticks = 0
             return await self._poll()
+
+    @property
+    def poll_needed(self) -> bool:
+        """Whether the next tick reads fail2ban's counters."""
+        return not self._light_ok()
+
+    def _light_ok(self) -> bool:
+        return (
+            self._db_ok
+            and self._changes.event_driven
+            and not self._dirty
+            and not self._lost
+            and self._light_ticks < FULL_EVERY - 1
+            and self._bans.settled(self._clock())
+        )
 
     async def _poll(self) -> TaskResult:
         started = time.monotonic()
@@ -180,9 +215,11 @@ class BanWatch:
         lists: list[str] = []
         asked = 0
         looked_again = False
+        self._dirty = False  # writes from here on are seen by the next tick
         counts = await self._bans.read_counts()
         async with self._lock:
-            complete = await self._read_rows()
+            await self._read_rows()
+            complete, self._lost = not self._lost, False
             plan = self._bans.reconcile(counts, self._clock())
             await self._publish(plan.diff, tick=True)
         added, removed = len(plan.diff.added), len(plan.diff.removed)
@@ -219,6 +256,7 @@ class BanWatch:
             added, removed = added + len(diff.added), removed + len(diff.removed)
         self._bans.mark_baseline()
         return {
+            "counters_read": True,
             "added": added,
             "removed": removed,
             "active_bans": self._bans.active_bans(),

@@ -261,6 +261,18 @@ class BanService:
         """A jail's whole ban list: only when its counters cannot be explained."""
         return await self._client.banned_with_time(jail)
 
+    def settled(self, now: float) -> bool:
+        """Whether the counters were explained for every jail, no ban is due to be
+        lifted, and the connection to fail2ban is up: then only a write of fail2ban's
+        DB that brought no ban row (an unban deletes rows) calls for the counters."""
+        return (
+            self._have_baseline
+            and self._client.connected
+            and self._agreed.keys() == self._bans.keys()
+            and not any(self._due.values())
+            and (not self._expiry or self._expiry[0][0] > now)
+        )
+
     def begin_list(self, jail: str) -> int:
         """A full list of `jail` is about to be read: note the bans the DB shows
         meanwhile; return the count of its rows seen so far (for `apply_list`)."""

@@ -16,7 +16,7 @@ import pytest
 from bangui_daemon.events import BanAdded, BanRemoved, BansChanged, Event, EventHub
 from bangui_daemon.fail2ban.client import BanEntry, JailCounts
 from bangui_daemon.fail2ban.db_tail import BanRow, TailRead
-from bangui_daemon.services.ban_watch import PER_ADDRESS_LIMIT, BanWatch
+from bangui_daemon.services.ban_watch import FULL_EVERY, PER_ADDRESS_LIMIT, BanWatch
 from bangui_daemon.services.bans import BanService
 from bangui_daemon.services.state import DaemonState
 
@@ -29,6 +29,7 @@ class FakeFail2ban:
         self.total = dict.fromkeys(jails, 0)
         self.rows: list[BanRow] = []
         self.questions: list[tuple[str, str]] = []
+        self.connected = True
 
     def ban(self, jail: str, ip: str, bantime: int = 3600, *, row: bool = True) -> int:
         """Ban now; return the time of the ban."""
@@ -50,6 +51,7 @@ class FakeFail2ban:
         return list(self.bans)
 
     async def jail_counts(self, jail: str) -> JailCounts:
+        self.questions.append(("counts", jail))
         return JailCounts(0, 0, len(self.bans[jail]), self.total[jail])
 
     async def banned_with_time(self, jail: str) -> list[BanEntry]:
@@ -101,8 +103,10 @@ class FakeChanges:
             await asyncio.wait_for(self._event.wait(), within)
         except TimeoutError:
             return False
-        self._event.clear()
         return True
+
+    def clear(self) -> None:
+        self._event.clear()
 
     def close(self) -> None:
         return None
@@ -149,6 +153,10 @@ class Harness:
                 await self.published.wait()
 
 
+def lists(h: Harness) -> list[tuple[str, str]]:
+    return [q for q in h.f2b.questions if q[0] == "list"]
+
+
 @pytest.fixture
 async def h() -> Any:
     harness = Harness()
@@ -170,7 +178,7 @@ async def test_a_written_row_becomes_ban_added_after_its_geo_answer(h: Harness) 
         BansChanged(1, 0),
     ]
     assert h.bans.is_banned("sshd", "198.51.100.7")
-    assert h.f2b.questions == [("list", "blocklist-import"), ("list", "sshd")]  # start-up
+    assert lists(h) == [("list", "blocklist-import"), ("list", "sshd")]  # at start only
 
 
 async def test_a_storm_is_one_bans_changed(h: Harness) -> None:
@@ -201,12 +209,13 @@ async def test_the_importing_jail_is_summed_not_named() -> None:
 async def test_counters_explain_an_expiry_and_an_unban_through_us(h: Harness) -> None:
     at = h.f2b.ban("sshd", "198.51.100.9", bantime=1)
     h.f2b.ban("sshd", "198.51.100.10")
-    await h.watch.poll()
+    h.changes.written()
+    await h.settle(lambda: len(h.signals(BanAdded)) == 2)
     await asyncio.sleep(max(0.0, at + 1.01 - time.time()))
     h.f2b.unban("sshd", "198.51.100.9")  # ran out
     h.f2b.unban("sshd", "198.51.100.10")
     h.bans._due["sshd"]["198.51.100.10"] = h.bans._bans["sshd"]["198.51.100.10"]  # UnbanIp
-    result = await h.watch.poll()
+    result = await h.watch.poll()  # due bans: the counters are read
     assert {e.ip for e in h.signals(BanRemoved)} == {"198.51.100.9", "198.51.100.10"}
     assert (result["lists"], result["asked"], result["looked_again"]) == ([], 0, False)
 
@@ -225,17 +234,32 @@ async def test_only_some_due_bans_lifted_are_asked_about_not_listed(h: Harness) 
 
 
 async def test_a_removal_nothing_explains_costs_one_list(h: Harness) -> None:
-    h.f2b.unban("sshd", "192.0.2.1")  # fail2ban-client unbanip: the row is just deleted
+    h.f2b.unban("sshd", "192.0.2.1")  # fail2ban-client unbanip: its rows are deleted
+    h.changes.written()  # a write that brought no ban row
+    for _ in range(200):  # the watch reads the DB on its own task
+        if h.watch.poll_needed:
+            break
+        await asyncio.sleep(0.01)
     result = await h.watch.poll()
     assert result["looked_again"] is True
     assert result["lists"] == ["sshd"]
     assert h.signals(BanRemoved) == [BanRemoved("sshd", "192.0.2.1")]
-    result = await h.watch.poll()
+    result = await h.watch.poll(full=True)
     assert result["lists"] == []  # agreed again: no second list
+
+
+async def test_quiet_ticks_ask_fail2ban_nothing(h: Harness) -> None:
+    asked = len(h.f2b.questions)
+    for _ in range(FULL_EVERY - 1):
+        assert (await h.watch.poll())["counters_read"] is False
+    assert len(h.f2b.questions) == asked
+    assert (await h.watch.poll())["counters_read"] is True  # every FULL_EVERY ticks
+    h.f2b.connected = False  # fail2ban went away: the next tick must notice
+    assert (await h.watch.poll())["counters_read"] is True
 
 
 async def test_a_ban_without_a_row_is_found_by_the_counters(h: Harness) -> None:
     h.f2b.ban("sshd", "198.51.100.13", row=False)  # fail2ban without a DB, or a lost row
-    result = await h.watch.poll()
+    result = await h.watch.poll(full=True)
     assert result["lists"] == ["sshd"]
     assert [e.ip for e in h.signals(BanAdded)] == ["198.51.100.13"]

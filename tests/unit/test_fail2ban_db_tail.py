@@ -113,10 +113,12 @@ async def test_inotify_wakes_on_the_database_only(tmp_path: Path) -> None:
     assert changes.start()
     try:
         assert await changes.wait(1) is True  # the look "once at start"
+        changes.clear()
         (tmp_path / "fail2ban.log").write_text("a line\n")
         assert await changes.wait(0.2) is False
         conn = make_db(db)
         assert await changes.wait(2) is True
+        changes.clear()
         ban(conn, "192.0.2.1")
         assert await changes.wait(2) is True
     finally:
