@@ -33,6 +33,8 @@ BanKey = tuple[str, str]  # (jail, ip)
 RefusalCheck = Callable[[str], str | None]
 MAX_PAGE = 1000
 ASK_CHUNK = 1000  # addresses per `get JAIL banned ...`
+SLACK = 1  # s: fail2ban's row rounds the time of ban, the list truncates it
+GRACE = 5  # s after its end a ban is surely lifted (fail2ban checks once a second)
 
 
 @dataclass
@@ -91,6 +93,7 @@ class BanService:
         self._rows_seen: dict[str, int] = {}  # DB rows applied, per jail (a counter)
         self._expiry: list[tuple[int, str, str]] = []  # heap of (end, jail, ip)
         self._due: dict[str, dict[str, ActiveBan]] = {}  # may be lifted: ran out, unbanned
+        self._unbanned: dict[str, set[str]] = {}  # lifted through UnbanIp, not yet seen gone
         self._fresh: set[tuple[str, str]] | None = None  # banned while a list is read
 
     # ---- reads (snapshot) -------------------------------------------------
@@ -219,9 +222,10 @@ class BanService:
             if snapshot is None or agreed is None or c.total_banned < agreed[0].total_banned:
                 out.lists.add(name)  # new jail, or fail2ban restarted it
                 continue
-            for ip, banned in (asked or {}).get(name, {}).items():
+            answers = (asked or {}).get(name)
+            for ip, banned in (answers or {}).items():
                 ban = snapshot.get(ip)
-                if not banned and ban is not None and ban == self._due[name].get(ip):
+                if not banned and ban is not None and ban == self._due.get(name, {}).get(ip):
                     self._drop(ban)
                     out.diff.removed.append(ban)
             due = self._due_bans(name, now)
@@ -232,16 +236,20 @@ class BanService:
             if unseen > 0 or missing < 0 or missing > len(due):
                 out.unexplained.add(name)  # rows in flight, or changes the DB did not show
                 continue
-            if 0 < missing < len(due) and name not in (asked or {}):
-                out.ask[name] = sorted(due)
-                continue
-            if missing == len(due):
-                for ban in list(due.values()):
+            if missing:
+                # lifted for sure: unbanned through us, or run out long enough ago that
+                # fail2ban's once-a-second check has lifted it; the rest is asked about
+                hinted = self._unbanned.get(name, set())
+                sure = [b for ip, b in due.items() if ip in hinted or b.expires <= now - GRACE]
+                if len(sure) < len(due) and answers is None:
+                    out.ask[name] = sorted(ip for ip in due if ip not in hinted)
+                    continue
+                if missing != len(sure):
+                    out.unexplained.add(name)
+                    continue
+                for ban in sure:
                     self._drop(ban)
                     out.diff.removed.append(ban)
-            elif missing:
-                out.unexplained.add(name)
-                continue
             self._agreed[name] = (c, self._rows_seen.get(name, 0))
         if only is None:
             for gone in set(self._bans) - set(counts):  # jail removed by a fail2ban reload
@@ -270,7 +278,7 @@ class BanService:
             and self._client.connected
             and self._agreed.keys() == self._bans.keys()
             and not any(self._due.values())
-            and (not self._expiry or self._expiry[0][0] > now)
+            and (not self._expiry or self._expiry[0][0] > now + SLACK)
         )
 
     def begin_list(self, jail: str) -> int:
@@ -300,6 +308,7 @@ class BanService:
                 listed[ip] = ban  # banned after the list was taken
         self._bans[jail] = {}
         self._due.pop(jail, None)
+        self._unbanned.pop(jail, None)
         for ban in listed.values():
             self._put(ban)
         if not baseline:
@@ -319,6 +328,7 @@ class BanService:
     def _put(self, ban: ActiveBan) -> None:
         self._bans.setdefault(ban.jail, {})[ban.ip] = ban
         self._due.setdefault(ban.jail, {}).pop(ban.ip, None)
+        self._unbanned.get(ban.jail, set()).discard(ban.ip)
         if ban.bantime >= 0:
             heapq.heappush(self._expiry, (ban.timeofban + ban.bantime, ban.jail, ban.ip))
 
@@ -327,20 +337,22 @@ class BanService:
         if per_jail.get(ban.ip) is ban:
             del per_jail[ban.ip]
         self._due.get(ban.jail, {}).pop(ban.ip, None)
+        self._unbanned.get(ban.jail, set()).discard(ban.ip)
 
     def _forget(self, jail: str) -> None:
         self._bans.pop(jail, None)
         self._due.pop(jail, None)
+        self._unbanned.pop(jail, None)
         self._agreed.pop(jail, None)
         self._rows_seen.pop(jail, None)
 
     def _due_bans(self, jail: str, now: float) -> dict[str, ActiveBan]:
         """Bans of `jail` that fail2ban may have lifted: run out, or unbanned by us."""
         heap = self._expiry
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now + SLACK:
             _end, name, ip = heapq.heappop(heap)
             ban = self._bans.get(name, {}).get(ip)
-            if ban is not None and ban.expires != -1 and ban.expires <= now:
+            if ban is not None and ban.expires != -1 and ban.expires <= now + SLACK:
                 self._due.setdefault(name, {})[ip] = ban
         due = self._due.setdefault(jail, {})
         snapshot = self._bans.get(jail, {})
@@ -383,5 +395,6 @@ class BanService:
             ban = self._bans.get(name, {}).get(address)
             if ban is not None:
                 self._due.setdefault(name, {})[address] = ban
+                self._unbanned.setdefault(name, set()).add(address)
         log.info("unban_requested", jail=jail or "*", ip=address, removed_from=removed)
         return removed

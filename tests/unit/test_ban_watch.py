@@ -40,7 +40,8 @@ class FakeFail2ban:
             self.rows.append(BanRow(len(self.rows) + 1, jail, ip, now, bantime))
         return now
 
-    def unban(self, jail: str, ip: str) -> None:
+    def lift(self, jail: str, ip: str) -> None:
+        """fail2ban lifts a ban (expiry, or an unban not through the daemon)."""
         del self.bans[jail][ip]
 
     # the client's side
@@ -57,6 +58,11 @@ class FakeFail2ban:
     async def banned_with_time(self, jail: str) -> list[BanEntry]:
         self.questions.append(("list", jail))
         return list(self.bans[jail].values())
+
+    async def unban(self, jail: str, ips: list[str]) -> int:
+        for ip in ips:
+            self.lift(jail, ip)
+        return len(ips)
 
     async def is_banned(self, jail: str, ips: list[str]) -> list[bool]:
         self.questions.append(("ask", jail))
@@ -212,12 +218,12 @@ async def test_counters_explain_an_expiry_and_an_unban_through_us(h: Harness) ->
     h.changes.written()
     await h.settle(lambda: len(h.signals(BanAdded)) == 2)
     await asyncio.sleep(max(0.0, at + 1.01 - time.time()))
-    h.f2b.unban("sshd", "198.51.100.9")  # ran out
-    h.f2b.unban("sshd", "198.51.100.10")
-    h.bans._due["sshd"]["198.51.100.10"] = h.bans._bans["sshd"]["198.51.100.10"]  # UnbanIp
+    h.f2b.lift("sshd", "198.51.100.9")  # ran out
+    assert await h.bans.unban_ip("sshd", "198.51.100.10") == ["sshd"]  # UnbanIp
     result = await h.watch.poll()  # due bans: the counters are read
     assert {e.ip for e in h.signals(BanRemoved)} == {"198.51.100.9", "198.51.100.10"}
-    assert (result["lists"], result["asked"], result["looked_again"]) == ([], 0, False)
+    # only the ban that ran out a moment ago is asked about; nothing is listed
+    assert (result["lists"], result["asked"], result["looked_again"]) == ([], 1, False)
 
 
 async def test_only_some_due_bans_lifted_are_asked_about_not_listed(h: Harness) -> None:
@@ -225,7 +231,7 @@ async def test_only_some_due_bans_lifted_are_asked_about_not_listed(h: Harness) 
     h.f2b.ban("sshd", "198.51.100.12", bantime=2)
     h.changes.written()
     await h.settle(lambda: len(h.signals(BanAdded)) == 2)
-    h.f2b.unban("sshd", "198.51.100.11")  # fail2ban lifted one; the other lags
+    h.f2b.lift("sshd", "198.51.100.11")  # fail2ban lifted one; the other lags
     await asyncio.sleep(max(0.0, at + 2.01 - time.time()))
     result = await h.watch.poll()
     assert h.signals(BanRemoved) == [BanRemoved("sshd", "198.51.100.11")]
@@ -234,7 +240,7 @@ async def test_only_some_due_bans_lifted_are_asked_about_not_listed(h: Harness) 
 
 
 async def test_a_removal_nothing_explains_costs_one_list(h: Harness) -> None:
-    h.f2b.unban("sshd", "192.0.2.1")  # fail2ban-client unbanip: its rows are deleted
+    h.f2b.lift("sshd", "192.0.2.1")  # fail2ban-client unbanip: its rows are deleted
     h.changes.written()  # a write that brought no ban row
     for _ in range(200):  # the watch reads the DB on its own task
         if h.watch.poll_needed:
