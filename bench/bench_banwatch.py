@@ -6,14 +6,18 @@
    compared with the command's return and with fail2ban's own "Ban" log line.
 2. Cost at scale: sshd holding 50,000 bans (its action emptied so that loading them
    takes seconds, not the dummy action's 11 ms fork per ban), one new ban a second
-   through the socket. fail2ban-server's CPU time (/proc/PID/stat utime+stime) over
-   the same load without the daemon, with it, and without it again (same run, same
-   server): the ratio is "with" over the mean of the two "without" windows. Every one
-   of the bans made while the daemon runs must get its BanAdded.
+   through the socket. fail2ban-server's CPU time (/proc/PID/stat utime+stime, and
+   the threads' schedstat, which resolves what 10 ms ticks cannot) over windows of
+   the same load, alternately with the daemon SIGSTOPped (it then asks and reads
+   nothing: "without") and running ("with"), same run, same server: a quiet
+   fail2ban spends ~2 ms a second, so one window is a handful of ticks and the
+   shared machine's drift is as large as the effect; alternating rounds cancels it.
+   Every ban made while the daemon runs must get its BanAdded.
 
 Starts its own fail2ban, private system-like bus and daemon, as the tests do. Prints
 figures and ratios; never asserts a time (the machine is noisy).
 Run: .venv/bin/python bench/bench_banwatch.py [--bans 20] [--active 50000] [--seconds 30]
+     [--rounds 3]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import contextlib
 import glob
 import os
 import re
+import signal
 import sqlite3
 import sys
 import time
@@ -135,10 +140,13 @@ def startup_settled(daemon: DaemonProcess) -> bool:
     return {"history_sync", "geo_resolve"} <= done
 
 
+Window = tuple[float, float, dict[str, float]]  # stat s, schedstat s, per thread s
+
+
 async def one_ban_a_second(
-    f2b: F2bSandbox, seconds: int, first: int, signals: BanSignals | None
-) -> tuple[tuple[float, float], list[tuple[str, float]]]:
-    """Ban one new address a second; return fail2ban's CPU seconds and (ip, returned)."""
+    f2b: F2bSandbox, seconds: int, first: int
+) -> tuple[Window, list[tuple[str, float]]]:
+    """Ban one new address a second; return fail2ban's CPU and (ip, returned)."""
     pid = f2b.pid
     assert pid is not None
     made = []
@@ -151,30 +159,55 @@ async def one_ban_a_second(
         made.append((ip, time.time()))
         await asyncio.sleep(max(0.0, start + i + 1 - time.monotonic()))
     after = cpu_seconds(pid)
-    grew = {k: round((v - threads.get(k, 0.0)) * 1000, 1) for k, v in thread_cpu(pid).items()}
-    print(f"    fail2ban threads' CPU ms ({'with' if signals else 'without'} the daemon): {grew}")
-    return (after[0] - before[0], after[1] - before[1]), made
+    grew = {k: v - threads.get(k, 0.0) for k, v in thread_cpu(pid).items()}
+    return (after[0] - before[0], after[1] - before[1], grew), made
 
 
-async def with_daemon(
-    f2b: F2bSandbox, address: str, seconds: int, first: int
-) -> tuple[tuple[float, float], list[float], int]:
+async def rounds_with_daemon(
+    f2b: F2bSandbox, daemon: DaemonProcess, address: str, seconds: int, rounds: int
+) -> tuple[list[Window], list[Window], list[float], int]:
+    """Alternate windows with the daemon stopped (SIGSTOP: it asks and reads nothing)
+    and running; the machine's drift then hits both kinds alike."""
+    off: list[Window] = []
+    on: list[Window] = []
+    arrived: list[float] = []
+    made_on = 0
     async with BanSignals(address) as signals:
-        cpu, made = await one_ban_a_second(f2b, seconds, first, signals)
-        arrived = []
-        for ip, returned in made:
-            with contextlib.suppress(TimeoutError):
-                arrived.append((await signals.wait_for(ip, 5)).at - returned)
-    return cpu, arrived, len(made)
+        first = 10_000
+        for _ in range(rounds):
+            os.kill(daemon.pid, signal.SIGSTOP)
+            try:
+                window, _made = await one_ban_a_second(f2b, seconds, first)
+            finally:
+                os.kill(daemon.pid, signal.SIGCONT)
+            off.append(window)
+            first += seconds
+            await asyncio.sleep(2)  # the stopped daemon catches up outside the windows
+            window, made = await one_ban_a_second(f2b, seconds, first)
+            on.append(window)
+            first += seconds
+            made_on += len(made)
+            for ip, returned in made:
+                with contextlib.suppress(TimeoutError):
+                    arrived.append((await signals.wait_for(ip, 5)).at - returned)
+    return off, on, arrived, made_on
 
 
-def cost(active: int, seconds: int) -> None:
+def ratio_line(label: str, off: list[float], on: list[float]) -> str:
+    per = " ".join(f"{b / a:.2f}" if a else "-" for a, b in zip(off, on, strict=True))
+    return (
+        f"    {label:<34} without {sum(off):.3f} s, with {sum(on):.3f} s:"
+        f" ratio {sum(on) / sum(off):.3f}x (per round: {per})"
+    )
+
+
+def cost(active: int, seconds: int, rounds: int) -> None:
     f2b = F2bSandbox()
     jail_conf = f2b.conf_dir / "jail.conf"
     jail_conf.write_text(jail_conf.read_text().replace("[sshd]\n", "[sshd]\naction =\n", 1))
     with f2b, PrivateSystemBus() as bus:
         loaded = load_bans(f2b, active)
-        without_1, _ = asyncio.run(one_ban_a_second(f2b, seconds, 0, None))
+        (before, _, _), _ = asyncio.run(one_ban_a_second(f2b, seconds, 0))
         daemon = DaemonProcess.from_sandbox(f2b, bus, DEFAULTS)
         started = time.monotonic()
         with daemon:
@@ -182,23 +215,21 @@ def cost(active: int, seconds: int) -> None:
             wait_until(lambda: startup_settled(daemon), 300, "start-up tasks", interval=0.5)
             settled = time.monotonic() - started
             snapshot = [r for r in daemon.log_records() if r.get("event") == "ban_list_read"]
-            with_cpu, arrived, made = asyncio.run(with_daemon(f2b, bus.address, seconds, seconds))
-        without_2, _ = asyncio.run(one_ban_a_second(f2b, seconds, 2 * seconds, None))
-    stat = [without_1[0], with_cpu[0], without_2[0]]
-    sched = [without_1[1], with_cpu[1], without_2[1]]
+            off, on, arrived, made = asyncio.run(
+                rounds_with_daemon(f2b, daemon, bus.address, seconds, rounds)
+            )
     print(f"2. sshd with {active} active bans (loaded in {loaded:.1f} s), one ban a second")
     print(
         f"  daemon READY after {ready:.1f} s, its start-up runs (history copy, geo)"
         f" done after {settled:.1f} s; lists read: {[r['bans'] for r in snapshot]}"
     )
-    print(f"  fail2ban-server CPU over {seconds} s: without / with the daemon / without again")
-    for label, cpu in (("utime+stime (/proc/PID/stat)", stat), ("threads' schedstat", sched)):
-        ratio = cpu[1] / ((cpu[0] + cpu[2]) / 2)
-        print(
-            f"    {label:<30} {cpu[0]:.3f} s / {cpu[1]:.3f} s / {cpu[2]:.3f} s"
-            f"   ratio with/without {ratio:.3f}x"
-        )
-    print(f"  BanAdded received for {len(arrived)} of {made} bans")
+    print(f"  fail2ban-server CPU over {rounds} x {seconds} s windows without / with the daemon")
+    print(f"    (before the daemon ever started, one window: {before:.3f} s by stat)")
+    print(ratio_line("utime+stime (/proc/PID/stat)", [w[0] for w in off], [w[0] for w in on]))
+    print(ratio_line("threads' schedstat", [w[1] for w in off], [w[1] for w in on]))
+    for name in sorted(off[0][2]):
+        print(ratio_line(f"  thread {name}", [w[2][name] for w in off], [w[2][name] for w in on]))
+    print(f"  BanAdded received for {len(arrived)} of the {made} bans made while it ran")
     if arrived:
         show("BanAdded after the banip command returned", arrived)
 
@@ -208,9 +239,10 @@ def main() -> None:
     parser.add_argument("--bans", type=int, default=20)
     parser.add_argument("--active", type=int, default=50_000)
     parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     latency(args.bans)
-    cost(args.active, args.seconds)
+    cost(args.active, args.seconds, args.rounds)
 
 
 if __name__ == "__main__":
