@@ -1,12 +1,13 @@
 """BanService on its own: the ban snapshot's diffs, paging, and BanIp/UnbanIp's rules.
 
 fail2ban is a fake holding jails and bans in dicts and logging every command, so a
-test can say which commands a refresh may send (fail2ban's socket is single-threaded
+test can say which commands a snapshot may send (fail2ban's socket is single-threaded
 and every list read holds it); the never-ban rules are the real BanPolicy.
 """
 
 from __future__ import annotations
 
+import time
 from typing import cast
 
 import pytest
@@ -20,7 +21,7 @@ from bangui_daemon.errors import (
 )
 from bangui_daemon.events import EventHub, PropertiesChanged
 from bangui_daemon.fail2ban.client import BanEntry, Fail2banClient, JailCounts
-from bangui_daemon.models import ORIGIN_BLOCKLIST, ORIGIN_SELFBLOCK, ActiveBan
+from bangui_daemon.models import ORIGIN_BLOCKLIST, ORIGIN_SELFBLOCK
 from bangui_daemon.services.bans import MAX_PAGE, BanService, RefusalCheck
 from bangui_daemon.services.state import DaemonState
 
@@ -102,7 +103,7 @@ class Setup:
             before_unban=self._archive if before_unban else None,
         )
 
-    async def _archive(self, ip: str) -> int:
+    async def _archive(self, ip: str, _live_jails: list[str]) -> int:
         # what the log holds when the archive is asked proves the order of the two
         self.f2b.log.append(("archive", ip))
         if self.archive_fails:
@@ -116,111 +117,23 @@ def s() -> Setup:
     return Setup()
 
 
-# ---- refresh ---------------------------------------------------------------------
-
-
-async def test_the_first_refresh_is_a_baseline(s: Setup) -> None:
-    s.f2b.put(SSHD, "203.0.113.1", 100)
-    s.f2b.put(BLOCKLIST, "203.0.113.2", 200)
-    diff = await s.service.refresh()
-    assert diff.baseline
-    assert (diff.added, diff.removed) == ([], [])  # what was banned before is not "new"
-    assert s.service.active_bans() == 2
-    assert s.service.banned_ips() == ["203.0.113.1", "203.0.113.2"]
-    assert s.state.fail2ban_connected
-    assert s.state.fail2ban_version == "1.0.2"
-    assert [j.name for j in s.service.jails()] == [BLOCKLIST, SSHD]
-
-
-async def test_a_refresh_reports_added_and_lifted_bans(s: Setup) -> None:
-    s.f2b.put(SSHD, "203.0.113.1", 100)
-    await s.service.refresh()
-    s.f2b.put(SSHD, "203.0.113.9", 300, bantime=-1)
-    del s.f2b.bans[SSHD]["203.0.113.1"]
-    diff = await s.service.refresh()
-    assert not diff.baseline
-    assert diff.added == [ActiveBan(SSHD, "203.0.113.9", 300, -1)]
-    assert diff.removed == [ActiveBan(SSHD, "203.0.113.1", 100, 600)]
-    assert diff.changed == 2
-
-
-async def test_only_jails_whose_counts_moved_are_listed_again(s: Setup) -> None:
-    s.f2b.put(SSHD, "203.0.113.1", 100)
-    await s.service.refresh()
-    assert sorted(s.f2b.reads("list")) == [BLOCKLIST, SSHD]
-    s.f2b.log.clear()
-    diff = await s.service.refresh()  # nothing changed: counts only, no list read
-    assert diff.changed == 0
-    assert s.f2b.reads("list") == []
-    assert sorted(s.f2b.reads("counts")) == [BLOCKLIST, SSHD]
-    s.f2b.put(SSHD, "203.0.113.2", 200)
-    s.f2b.log.clear()
-    await s.service.refresh()
-    assert s.f2b.reads("list") == [SSHD]
-
-
-async def test_a_jail_removed_by_a_reload_takes_its_bans_with_it(s: Setup) -> None:
-    s.f2b.put(SSHD, "203.0.113.1", 100)
-    s.f2b.put(BLOCKLIST, "203.0.113.2", 200)
-    await s.service.refresh()
-    del s.f2b.bans[BLOCKLIST]  # fail2ban reloaded without the jail
-    diff = await s.service.refresh()
-    assert diff.removed == [ActiveBan(BLOCKLIST, "203.0.113.2", 200, 600)]
-    assert diff.added == []
-    assert s.service.jail_names == [SSHD]
-    assert s.service.banned_ips() == ["203.0.113.1"]
-    with pytest.raises(InvalidArgument, match="unknown jail"):
-        s.service.list_bans(BLOCKLIST, 0, 10)
-
-
-async def test_a_deferred_jail_gets_its_counts_but_not_its_list(s: Setup) -> None:
-    await s.service.refresh()
-    for n in range(50):  # an import is filling the jail
-        s.f2b.put(BLOCKLIST, f"203.0.113.{n}", 1000 + n)
-    s.f2b.put(SSHD, "198.51.100.1", 500)
-    s.f2b.log.clear()
-    diff = await s.service.refresh(defer=[BLOCKLIST])
-    assert s.f2b.reads("list") == [SSHD]  # the other jails are still listed
-    assert [b.ip for b in diff.added] == ["198.51.100.1"]
-    (info,) = (j for j in s.service.jails() if j.name == BLOCKLIST)
-    assert info.currently_banned == 50  # counts are current
-    assert s.service.list_bans(BLOCKLIST, 0, 10) == ([], 0)  # the list is not, yet
-
-    s.f2b.log.clear()
-    diff = await s.service.refresh()  # the import settled: its list is read once
-    assert s.f2b.reads("list") == [BLOCKLIST]
-    assert len(diff.added) == 50
-    assert s.service.list_bans(BLOCKLIST, 0, 10)[1] == 50
-
-
-async def test_a_deferred_jail_seen_for_the_first_time_is_listed(s: Setup) -> None:
-    s.f2b.put(BLOCKLIST, "203.0.113.5", 100)
-    await s.service.refresh(defer=[BLOCKLIST])
-    assert s.service.banned_ips() == ["203.0.113.5"]
-
-
-async def test_fail2ban_down_marks_it_disconnected_and_keeps_the_snapshot(s: Setup) -> None:
-    s.f2b.put(SSHD, "203.0.113.1", 100)
-    await s.service.refresh()
-    s.f2b.down = True
-    with pytest.raises(Fail2banUnavailable):
-        await s.service.refresh()
-    assert not s.state.fail2ban_connected
-    assert s.changes[-1].values["Fail2banConnected"] is False
-    assert s.service.banned_ips() == ["203.0.113.1"]
-    s.f2b.down = False
-    diff = await s.service.refresh()
-    assert (diff.baseline, diff.changed) == (False, 0)  # back: nothing reported twice
-    assert s.state.fail2ban_connected
-
-
 # ---- list_bans ---------------------------------------------------------------------
+
+
+async def load(service: BanService) -> None:
+    """Take a first snapshot the way the ban watch does at start: counts, then lists."""
+    counts = await service.read_counts()
+    for jail, jail_counts in counts.items():
+        seen = service.begin_list(jail)
+        service.apply_list(jail, await service.read_list(jail), jail_counts, seen)
+    service.reconcile(counts, time.time())
+    service.mark_baseline()
 
 
 async def test_list_bans_pages_newest_first(s: Setup) -> None:
     for n in range(7):
         s.f2b.put(SSHD if n % 2 else BLOCKLIST, f"203.0.113.{n}", 1000 + n)
-    await s.service.refresh()
+    await load(s.service)
     page, total = s.service.list_bans("", 0, 3)
     assert total == 7
     assert [b.ip for b in page] == ["203.0.113.6", "203.0.113.5", "203.0.113.4"]
@@ -235,7 +148,7 @@ async def test_ties_in_time_are_ordered_by_jail_then_address(s: Setup) -> None:
     s.f2b.put(SSHD, "203.0.113.2", 1000)
     s.f2b.put(SSHD, "203.0.113.1", 1000)
     s.f2b.put(BLOCKLIST, "203.0.113.3", 1000)
-    await s.service.refresh()
+    await load(s.service)
     page, _ = s.service.list_bans("", 0, 10)
     assert [(b.jail, b.ip) for b in page] == [
         (BLOCKLIST, "203.0.113.3"),
@@ -246,13 +159,13 @@ async def test_ties_in_time_are_ordered_by_jail_then_address(s: Setup) -> None:
 
 @pytest.mark.parametrize("limit", [0, -1, MAX_PAGE + 1])
 async def test_list_bans_refuses_a_page_size_out_of_range(s: Setup, limit: int) -> None:
-    await s.service.refresh()
+    await load(s.service)
     with pytest.raises(InvalidArgument, match=f"limit must be from 1 to {MAX_PAGE}"):
         s.service.list_bans("", 0, limit)
 
 
 async def test_list_bans_of_an_unknown_jail_is_invalid(s: Setup) -> None:
-    await s.service.refresh()
+    await load(s.service)
     with pytest.raises(InvalidArgument, match="unknown jail name 'nginx'"):
         s.service.list_bans("nginx", 0, 10)
 
@@ -260,7 +173,7 @@ async def test_list_bans_of_an_unknown_jail_is_invalid(s: Setup) -> None:
 async def test_jails_are_unavailable_not_unknown_before_fail2ban_answered(s: Setup) -> None:
     s.f2b.down = True
     with pytest.raises(Fail2banUnavailable):
-        await s.service.refresh()
+        await load(s.service)
     with pytest.raises(Fail2banUnavailable, match="jails are unknown"):
         s.service.list_bans(SSHD, 0, 10)
 
@@ -269,7 +182,7 @@ async def test_jails_are_unavailable_not_unknown_before_fail2ban_answered(s: Set
 
 
 async def test_ban_ip_bans_the_canonical_address(s: Setup) -> None:
-    await s.service.refresh()
+    await load(s.service)
     assert await s.service.ban_ip(SSHD, "2001:db8:0::0001") is True
     assert s.f2b.log[-1] == ("ban", SSHD, "2001:db8::1")
     assert await s.service.ban_ip(SSHD, "2001:db8::1") is False  # already banned
@@ -280,7 +193,7 @@ async def test_ban_ip_bans_the_canonical_address(s: Setup) -> None:
     [("127.0.0.1", "loopback"), (HOST, "host_address"), ("10.1.2.3", "private")],
 )
 async def test_ban_ip_refuses_what_must_never_be_banned(s: Setup, ip: str, reason: str) -> None:
-    await s.service.refresh()
+    await load(s.service)
     s.f2b.log.clear()
     with pytest.raises(Refused, match=f"refusing to ban {ip}: {reason}"):
         await s.service.ban_ip(SSHD, ip)
@@ -289,7 +202,7 @@ async def test_ban_ip_refuses_what_must_never_be_banned(s: Setup, ip: str, reaso
 
 @pytest.mark.parametrize("ip", ["", "203.0.113", "203.0.113.0/24", "--all", "1.2.3.4 "])
 async def test_ban_ip_refuses_what_is_not_one_address(s: Setup, ip: str) -> None:
-    await s.service.refresh()
+    await load(s.service)
     s.f2b.log.clear()
     with pytest.raises(InvalidArgument, match="is not an IP address"):
         await s.service.ban_ip(SSHD, ip)
@@ -297,7 +210,7 @@ async def test_ban_ip_refuses_what_is_not_one_address(s: Setup, ip: str) -> None
 
 
 async def test_ban_ip_in_an_unknown_jail_is_invalid(s: Setup) -> None:
-    await s.service.refresh()
+    await load(s.service)
     s.f2b.log.clear()
     with pytest.raises(InvalidArgument, match="unknown jail name 'nginx'"):
         await s.service.ban_ip("nginx", "203.0.113.1")
@@ -307,20 +220,20 @@ async def test_ban_ip_in_an_unknown_jail_is_invalid(s: Setup) -> None:
 async def test_ban_ip_while_fail2ban_was_never_reached(s: Setup) -> None:
     s.f2b.down = True
     with pytest.raises(Fail2banUnavailable):
-        await s.service.refresh()
+        await load(s.service)
     with pytest.raises(Fail2banUnavailable):
         await s.service.ban_ip(SSHD, "203.0.113.1")
 
 
 async def test_ban_ip_when_fail2ban_goes_down_in_between(s: Setup) -> None:
-    await s.service.refresh()
+    await load(s.service)
     s.f2b.down = True
     with pytest.raises(Fail2banUnavailable):
         await s.service.ban_ip(SSHD, "203.0.113.1")
 
 
 async def test_ban_ip_that_fail2ban_refuses_is_an_invalid_argument(s: Setup) -> None:
-    await s.service.refresh()
+    await load(s.service)
     s.f2b.refuse = "'sshd' is not running"
     with pytest.raises(InvalidArgument, match="fail2ban refused the ban: 'sshd' is not running"):
         await s.service.ban_ip(SSHD, "203.0.113.1")
@@ -331,7 +244,7 @@ async def test_ban_ip_that_fail2ban_refuses_is_an_invalid_argument(s: Setup) -> 
 
 async def test_unban_ip_archives_the_address_before_unbanning(s: Setup) -> None:
     s.f2b.put(SSHD, "203.0.113.1", 100)
-    await s.service.refresh()
+    await load(s.service)
     s.f2b.log.clear()
     assert await s.service.unban_ip(SSHD, "203.0.113.1") == [SSHD]
     # fail2ban deletes the address's rows on unban: the archive must have them first
@@ -343,7 +256,7 @@ async def test_unban_ip_from_every_jail_names_the_jails_it_left(s: Setup) -> Non
     s.f2b.put(SSHD, "203.0.113.1", 100)
     s.f2b.put(BLOCKLIST, "203.0.113.1", 100)
     s.f2b.put(BLOCKLIST, "203.0.113.2", 100)
-    await s.service.refresh()
+    await load(s.service)
     s.f2b.log.clear()
     assert sorted(await s.service.unban_ip("", "203.0.113.1")) == [BLOCKLIST, SSHD]
     assert s.f2b.log[0] == ("archive", "203.0.113.1")  # once, before any unban
@@ -354,13 +267,13 @@ async def test_unban_ip_from_every_jail_names_the_jails_it_left(s: Setup) -> Non
 
 async def test_unban_ip_goes_on_when_archiving_fails(s: Setup) -> None:
     s.f2b.put(SSHD, "203.0.113.1", 100)
-    await s.service.refresh()
+    await load(s.service)
     s.archive_fails = True
     assert await s.service.unban_ip(SSHD, "203.0.113.1") == [SSHD]
 
 
 async def test_unban_ip_refuses_bad_input_before_touching_anything(s: Setup) -> None:
-    await s.service.refresh()
+    await load(s.service)
     s.f2b.log.clear()
     with pytest.raises(InvalidArgument, match="is not an IP address"):
         await s.service.unban_ip("", "not-an-ip")

@@ -37,7 +37,7 @@ class Recorder:
         self.events.append(event)
         self._changed.set()
 
-    def on_status(self, name: str, status: str) -> None:
+    def on_status(self, name: str, status: str, _error: str = "") -> None:
         self.statuses.append((name, status))
 
     def finished(self, name: str) -> list[TaskFinished]:
