@@ -8,6 +8,31 @@ is one readable sentence that never echoes file contents or secrets.
 from __future__ import annotations
 
 ERROR_PREFIX = "org.bangui.Daemon1.Error."
+QUOTE_BYTES = 64
+
+
+def quote(value: object, limit: int = QUOTE_BYTES) -> str:
+    """Quote a caller's value for an error message: at most `limit` bytes of it, escaped.
+
+    A message is one readable sentence whatever the input: control and other
+    unprintable characters appear as repr-style escapes (a terminal or a log line
+    cannot be forged through them), and a longer value ends in ``... (N chars)``.
+    """
+    text = value if isinstance(value, str) else str(value)
+    shown: list[str] = []
+    used = 0
+    for char in text:
+        if char in "'\\":
+            piece = "\\" + char
+        elif char.isprintable():
+            piece = char
+        else:
+            piece = repr(char)[1:-1]
+        used += len(piece.encode())
+        if used > limit:
+            return f"'{''.join(shown)}'... ({len(text)} chars)"
+        shown.append(piece)
+    return f"'{''.join(shown)}'"
 
 
 class BanguiError(Exception):
@@ -20,6 +45,12 @@ class InvalidArgument(BanguiError, ValueError):
     """Malformed address, unknown jail, page size out of range, bad filter."""
 
     dbus_name = ERROR_PREFIX + "InvalidArgument"
+
+
+class DownloadFailed(BanguiError, OSError):
+    """A blocklist could not be downloaded (network, HTTP status, size, time, format)."""
+
+    dbus_name = ERROR_PREFIX + "DownloadFailed"
 
 
 class NotFound(BanguiError, LookupError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
@@ -11,15 +12,14 @@ import structlog
 
 from bangui_daemon.archive.import_runs_repo import RunRow
 from bangui_daemon.archive.sources_repo import DuplicateName, SourceRow
+from bangui_daemon.blocklist.fetch import redact_url
 from bangui_daemon.blocklist.importer import Importer, ImportOutcome, Preview
-from bangui_daemon.errors import InvalidArgument, NotFound
+from bangui_daemon.errors import InvalidArgument, NotFound, quote
 
 log = structlog.get_logger(__name__)
 
 MAX_NAME = 100
 MAX_URL = 2048
-MAX_PAGE_SIZE = 1000
-SCHEMES = ("http", "https", "file")
 TypedValue = tuple[str, object]  # (D-Bus signature, value)
 
 
@@ -30,22 +30,10 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_url(url: str) -> str:
-    """Accept http(s) URLs with a host, and file:// URLs (the importer checks the path)."""
-    url = url.strip()
-    if len(url) > MAX_URL or not url.isprintable():
-        raise InvalidArgument(f"a source URL is at most {MAX_URL} printable characters")
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES:
-        raise InvalidArgument("a source URL must be http://, https:// or file://")
-    if parts.scheme != "file" and not parts.hostname:
-        raise InvalidArgument("a source URL needs a host name")
-    if parts.scheme == "file" and not parts.path.startswith("/"):
-        raise InvalidArgument("a file:// source needs an absolute path")
-    return url
-
-
 class BlocklistService:
+    """Sources, imports and previews. Source URLs are shown with their credentials
+    redacted (`redact_url`); the stored URL keeps them for the download."""
+
     def __init__(self, importer: Importer, clock: Callable[[], float] = time.time) -> None:
         self._importer = importer
         self._sources = importer.sources
@@ -53,8 +41,21 @@ class BlocklistService:
         self._clock = clock
         self._running: dict[int, asyncio.Task[ImportOutcome]] = {}
 
+    def _check_url(self, url: str) -> str:
+        """A URL fit to store: short, printable, and one the fetcher can ever download."""
+        url = url.strip()
+        if len(url) > MAX_URL or not url.isprintable():
+            raise InvalidArgument(f"a source URL is at most {MAX_URL} printable characters")
+        self._importer.check_url(url)
+        if urlsplit(url).netloc.rpartition("@")[0] == "***":  # copied from ListSources
+            raise InvalidArgument("the URL has '***' where ListSources hid its credentials")
+        return url
+
     async def list_sources(self) -> list[SourceRow]:
-        return await self._sources.all()
+        """Every source, its URL without credentials."""
+        return [
+            dataclasses.replace(s, url=redact_url(s.url)) for s in await self._sources.all()
+        ]
 
     async def _get(self, source_id: int) -> SourceRow:
         source = await self._sources.get(source_id)
@@ -63,11 +64,11 @@ class BlocklistService:
         return source
 
     async def add_source(self, name: str, url: str, enabled: bool) -> int:
-        name, url = check_name(name), check_url(url)
+        name, url = check_name(name), self._check_url(url)
         try:
             source_id = await self._sources.add(name, url, enabled, int(self._clock()))
         except DuplicateName:
-            raise InvalidArgument(f"a source named {name!r} exists already") from None
+            raise InvalidArgument(f"a source named {quote(name)} exists already") from None
         log.info("blocklist_source_added", source_id=source_id, name=name)
         return source_id
 
@@ -76,16 +77,16 @@ class BlocklistService:
         expected = {"name": "s", "url": "s", "enabled": "b"}
         for key, (signature, _value) in changes.items():
             if key not in expected:
-                raise InvalidArgument(f"unknown change {key[:40]!r}; known: name, url, enabled")
+                raise InvalidArgument(f"unknown change {quote(key)}; known: name, url, enabled")
             if signature != expected[key]:
                 raise InvalidArgument(f"{key} must have type {expected[key]}, got {signature}")
         name = check_name(str(changes["name"][1])) if "name" in changes else source.name
-        url = check_url(str(changes["url"][1])) if "url" in changes else source.url
+        url = self._check_url(str(changes["url"][1])) if "url" in changes else source.url
         enabled = bool(changes["enabled"][1]) if "enabled" in changes else source.enabled
         try:
             await self._sources.update(source_id, name, url, enabled)
         except DuplicateName:
-            raise InvalidArgument(f"a source named {name!r} exists already") from None
+            raise InvalidArgument(f"a source named {quote(name)} exists already") from None
 
     async def remove_source(self, source_id: int) -> int:
         source = await self._get(source_id)
@@ -119,13 +120,10 @@ class BlocklistService:
         ]
 
     async def preview(self, url: str) -> Preview:
-        return await self._importer.preview(check_url(url))
+        return await self._importer.preview(self._check_url(url))
 
     async def runs(self, source_id: int, page: int, page_size: int) -> tuple[list[RunRow], int]:
-        if page < 1:
-            raise InvalidArgument("page starts at 1")
-        if not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise InvalidArgument(f"page_size must be from 1 to {MAX_PAGE_SIZE}")
+        """ListImportRuns: one page (from 1; ranges checked at the D-Bus edge)."""
         if source_id:
             await self._get(source_id)
         return await self._runs.page(source_id, (page - 1) * page_size, page_size)
