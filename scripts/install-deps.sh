@@ -23,7 +23,7 @@ PACKAGES=(
     python3 python3-venv
     python3-dbus-fast python3-aiosqlite python3-aiohttp python3-geoip2 python3-maxminddb
     python3-structlog python3-sdnotify
-    python3-pytest python3-pytest-asyncio
+    python3-pytest python3-pytest-asyncio python3-hypothesis
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }

@@ -452,6 +452,7 @@ def _check_url(url: str) -> urllib.parse.SplitResult:
     try:
         parts = urllib.parse.urlsplit(url)
         hostname = parts.hostname
+        parts.port  # noqa: B018 - raises for a port that is not 0..65535
     except ValueError:
         raise UnsupportedUrl("the blocklist URL is malformed") from None
     scheme = parts.scheme.lower()

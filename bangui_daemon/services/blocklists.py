@@ -53,9 +53,7 @@ class BlocklistService:
 
     async def list_sources(self) -> list[SourceRow]:
         """Every source, its URL without credentials."""
-        return [
-            dataclasses.replace(s, url=redact_url(s.url)) for s in await self._sources.all()
-        ]
+        return [dataclasses.replace(s, url=redact_url(s.url)) for s in await self._sources.all()]
 
     async def _get(self, source_id: int) -> SourceRow:
         source = await self._sources.get(source_id)
