@@ -14,9 +14,11 @@ QUOTE_BYTES = 64
 def quote(value: object, limit: int = QUOTE_BYTES) -> str:
     """Quote a caller's value for an error message: at most `limit` bytes of it, escaped.
 
-    A message is one readable sentence whatever the input: control and other
-    unprintable characters appear as repr-style escapes (a terminal or a log line
-    cannot be forged through them), and a longer value ends in ``... (N chars)``.
+    A message is one readable sentence whatever the input: everything but printable
+    ASCII appears as an `ascii()`-style escape (a terminal or a log line cannot be
+    forged through it, and dbus-fast 1.84, Debian bookworm's, writes a non-ASCII
+    string's length in characters: the bus would drop the daemon for that reply),
+    and a longer value ends in ``... (N chars)``.
     """
     text = value if isinstance(value, str) else str(value)
     shown: list[str] = []
@@ -24,10 +26,10 @@ def quote(value: object, limit: int = QUOTE_BYTES) -> str:
     for char in text:
         if char in "'\\":
             piece = "\\" + char
-        elif char.isprintable():
+        elif " " <= char <= "~":
             piece = char
         else:
-            piece = repr(char)[1:-1]
+            piece = ascii(char)[1:-1]
         used += len(piece.encode())
         if used > limit:
             return f"'{''.join(shown)}'... ({len(text)} chars)"

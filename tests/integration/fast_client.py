@@ -14,6 +14,7 @@ from typing import Any
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from bangui_daemon.dbus.transport import write_utf8_right
 from tests.integration.dbus_calls import DEST, PATH
 
 
@@ -38,6 +39,7 @@ class FastClient:
             return await MessageBus(bus_address=address).connect()
 
         self.bus = self.loop.run_until_complete(connect())
+        write_utf8_right(self.bus)  # dbus-fast 1.84 could not send "é" otherwise
 
     def call(
         self,

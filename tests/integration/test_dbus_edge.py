@@ -141,12 +141,20 @@ def test_errors_quote_only_a_short_prefix_of_huge_arguments(
 
 
 def test_errors_escape_control_characters(daemon: DaemonProcess, client: FastClient) -> None:
-    reply: Reply = client.call(CORE, "RunTask", "s", "\x1b[2J\r\nfake log line\U000e0001" * 20)
+    reply: Reply = client.call(CORE, "RunTask", "s", "\x1b[2J\r\nfake log line\x7f" * 20)
     assert reply.error == ERR + "NotFound"
     assert "\x1b" not in reply.message
     assert "\n" not in reply.message
     assert "\\x1b[2J\\r\\n" in reply.message
     assert len(reply.message.encode()) < 300
+
+
+def test_errors_quote_non_ascii_as_ascii_escapes(daemon: DaemonProcess, client: FastClient) -> None:
+    """ASCII only: bookworm's dbus-fast 1.84 would send a malformed reply otherwise."""
+    reply = client.call(GEO, "LookupIp", "s", "été\U000e0001")
+    assert reply.error == INVALID
+    assert reply.message == "'\\xe9t\\xe9\\U000e0001' is not an IP address."
+    assert client.ping()
 
 
 # ------------------------------------------------------------ 6: no credentials
