@@ -176,6 +176,10 @@ def test_credentials_in_source_urls_are_never_shown_but_still_used(
     assert shown["with-creds"] == lists.url("/list/c").replace("http://", "http://***@")
     assert shown["creds-404"] == missing.replace(f"bob:{secret}@", "***@")
 
+    copied = client.call(BLOCKLISTS, "AddSource", "ssb", "copied", shown["with-creds"], False)
+    assert copied.error == INVALID  # the redacted form is not a URL to store
+    assert "***" in copied.message
+
     reply = client.call(BLOCKLISTS, "ImportSource", "u", source_id)
     assert reply.error is None, reply
     assert reply.body[0]["status"].value == "completed"
