@@ -8,6 +8,33 @@ is one readable sentence that never echoes file contents or secrets.
 from __future__ import annotations
 
 ERROR_PREFIX = "org.bangui.Daemon1.Error."
+QUOTE_BYTES = 64
+
+
+def quote(value: object, limit: int = QUOTE_BYTES) -> str:
+    """Quote a caller's value for an error message: at most `limit` bytes of it, escaped.
+
+    A message is one readable sentence whatever the input: everything but printable
+    ASCII appears as an `ascii()`-style escape (a terminal or a log line cannot be
+    forged through it, and dbus-fast 1.84, Debian bookworm's, writes a non-ASCII
+    string's length in characters: the bus would drop the daemon for that reply),
+    and a longer value ends in ``... (N chars)``.
+    """
+    text = value if isinstance(value, str) else str(value)
+    shown: list[str] = []
+    used = 0
+    for char in text:
+        if char in "'\\":
+            piece = "\\" + char
+        elif " " <= char <= "~":
+            piece = char
+        else:
+            piece = ascii(char)[1:-1]
+        used += len(piece.encode())
+        if used > limit:
+            return f"'{''.join(shown)}'... ({len(text)} chars)"
+        shown.append(piece)
+    return f"'{''.join(shown)}'"
 
 
 class BanguiError(Exception):
@@ -20,6 +47,12 @@ class InvalidArgument(BanguiError, ValueError):
     """Malformed address, unknown jail, page size out of range, bad filter."""
 
     dbus_name = ERROR_PREFIX + "InvalidArgument"
+
+
+class DownloadFailed(BanguiError, OSError):
+    """A blocklist could not be downloaded (network, HTTP status, size, time, format)."""
+
+    dbus_name = ERROR_PREFIX + "DownloadFailed"
 
 
 class NotFound(BanguiError, LookupError):

@@ -26,7 +26,7 @@ PACKAGES=(
     python3-dbus-fast python3-aiosqlite python3-aiohttp python3-geoip2 python3-maxminddb
     python3-structlog python3-sdnotify python3-prometheus-client
     crowdsec                     # a real Local API for the CrowdSec bridge tests (offline)
-    python3-pytest python3-pytest-asyncio
+    python3-pytest python3-pytest-asyncio python3-hypothesis
     gjs gir1.2-glib-2.0 dunst xvfb   # desktop tests: a GLib client, a notification server
     # the Debian package: build (scripts/build-deb.sh), lint, man pages, sysusers
     build-essential debhelper dh-python pybuild-plugin-pyproject python3-all

@@ -5,7 +5,11 @@ be slow, huge, compressed into a bomb, or redirect somewhere it should not. Henc
 
 - Schemes: http and https; ``file://`` only for a path that, with symlinks and
   ``..`` resolved, lies below the configured ``file_dir`` (so a source cannot read
-  ``/etc/shadow``). Anything else is `UnsupportedUrl` before any I/O.
+  ``/etc/shadow``). Anything else is `UnsupportedUrl` before any I/O; `check_url`
+  applies the same rule when a source is stored, so it is refused at once.
+- Credentials in a URL (``http://user:password@host/``) are sent as Basic auth and
+  shown nowhere: `redact_url` is how a stored URL is displayed, and failure messages
+  are scrubbed of them.
 - Redirects are followed by hand (``allow_redirects=False``, the same in aiohttp 3.8
   and 3.14): at most `MAX_REDIRECTS`, only to http/https, never https -> http.
 - Size: a ``Content-Length`` above the cap fails before reading; then the *decoded*
@@ -40,7 +44,7 @@ from typing import Final
 import aiohttp
 
 from bangui_daemon import __version__
-from bangui_daemon.errors import BanguiError, InvalidArgument
+from bangui_daemon.errors import DownloadFailed, InvalidArgument
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -54,7 +58,9 @@ __all__ = [
     "TooLarge",
     "TooManyRedirects",
     "UnsupportedUrl",
+    "check_url",
     "fetch",
+    "redact_url",
     "redirect_target",
 ]
 
@@ -66,12 +72,14 @@ _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _WEB_SCHEMES: Final = ("http", "https")
 
 
-class FetchError(BanguiError, OSError):
+class FetchError(DownloadFailed):
     """A blocklist could not be downloaded; the message says why, never the body."""
 
 
 class UnsupportedUrl(FetchError, InvalidArgument):
     """The URL's scheme or file path is not allowed (refused before any I/O)."""
+
+    dbus_name = InvalidArgument.dbus_name  # the caller's mistake, not the download's
 
 
 class RedirectRefused(FetchError):
@@ -165,7 +173,30 @@ async def fetch(
             raise FetchTimeout(f"the download did not finish within {timeout:g} s") from None
         raise FetchTimeout(f"could not connect within {connect_timeout:g} s") from None
     except aiohttp.ClientError as exc:
-        raise FetchError(f"the download failed: {_describe(exc)}") from None
+        raise FetchError(f"the download failed: {_describe(exc, parts)}") from None
+
+
+def check_url(url: str, file_dir: str) -> None:
+    """Raise `UnsupportedUrl` for a URL that `fetch` would refuse whatever the server does.
+
+    The scheme, the host, and for ``file://`` the path below `file_dir` (resolved now;
+    `fetch` resolves it again, as a symlink may change in between).
+    """
+    parts = _check_url(url)
+    if parts.scheme == "file":
+        _resolve_file(parts, file_dir)
+
+
+def redact_url(url: str) -> str:
+    """`url` as shown to users and logs: any userinfo (``user:password@``) is ``***@``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(a malformed URL)"
+    _userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + host))
 
 
 def redirect_target(current: str, location: str | None) -> str:
@@ -344,8 +375,14 @@ class _Decoder:
             raise FetchError(f"the {self._name} body is truncated")
 
 
-def _describe(exc: aiohttp.ClientError) -> str:
+def _describe(exc: aiohttp.ClientError, parts: urllib.parse.SplitResult) -> str:
+    """aiohttp's reason in short, without the URL's credentials (some messages quote it)."""
     text = str(exc)
+    userinfo, at, _host = parts.netloc.rpartition("@")
+    if at:
+        for secret in {userinfo, urllib.parse.unquote(userinfo), *userinfo.split(":")}:
+            if len(secret) >= 4:  # shorter ones would mangle the message, not hide much
+                text = text.replace(secret, "***")
     name = type(exc).__name__
     return f"{name}: {text[:200]}" if text else name
 
@@ -415,6 +452,7 @@ def _check_url(url: str) -> urllib.parse.SplitResult:
     try:
         parts = urllib.parse.urlsplit(url)
         hostname = parts.hostname
+        parts.port  # noqa: B018 - raises for a port that is not 0..65535
     except ValueError:
         raise UnsupportedUrl("the blocklist URL is malformed") from None
     scheme = parts.scheme.lower()

@@ -34,7 +34,7 @@ from bangui_daemon.archive.import_runs_repo import ImportRunsRepository, complet
 from bangui_daemon.archive.listings_repo import ListingsRepository, replace_listing
 from bangui_daemon.archive.sources_repo import SourceRow, SourcesRepository
 from bangui_daemon.archive.state_repo import get_state, put_state
-from bangui_daemon.blocklist.fetch import FetchError, FetchResult, fetch
+from bangui_daemon.blocklist.fetch import FetchError, FetchResult, check_url, fetch
 from bangui_daemon.blocklist.parse import ParseResult, TooManyEntries, parse_blocklist
 from bangui_daemon.blocklist.policy import BanPolicy
 from bangui_daemon.config import BlocklistConfig
@@ -133,6 +133,10 @@ class Importer:
         return None
 
     # ---- download + parse + policy ------------------------------------------
+
+    def check_url(self, url: str) -> None:
+        """Refuse now a URL every download of which would be refused (see `check_url`)."""
+        check_url(url, self._config().file_dir)
 
     async def _download(self, url: str, source: SourceRow | None) -> FetchResult:
         cfg = self._config()

@@ -13,6 +13,7 @@ from bangui_daemon.dbus.auth import Authorizer
 from bangui_daemon.dbus.names import BLOCKLISTS_INTERFACE
 from bangui_daemon.dbus.shim import dbus_method, dbus_signal
 from bangui_daemon.dbus.signals import SignalPump
+from bangui_daemon.dbus.validate import ID, PAGE, PAGE_SIZE
 from bangui_daemon.events import ImportFinished, ImportProgress, ImportStarted
 from bangui_daemon.services.blocklists import BlocklistService
 
@@ -91,18 +92,18 @@ class BlocklistsInterface(ServiceInterface):
         await self._auth.require_admin("AddSource")
         return await self._service.add_source(name, url, enabled)
 
-    @dbus_method("UpdateSource", args=("u", "a{sv}"))
+    @dbus_method("UpdateSource", args=("u", "a{sv}"), ranges={"source_id": ID})
     async def update_source(self, source_id: int, changes: dict[str, Variant]) -> None:
         await self._auth.require_admin("UpdateSource")
         typed = {k: (v.signature, v.value) for k, v in changes.items()}
         await self._service.update_source(source_id, typed)
 
-    @dbus_method("RemoveSource", args=("u",))
+    @dbus_method("RemoveSource", args=("u",), ranges={"source_id": ID})
     async def remove_source(self, source_id: int) -> None:
         await self._auth.require_admin("RemoveSource")
         await self._service.remove_source(source_id)
 
-    @dbus_method("ImportSource", args=("u",), returns="a{sv}")
+    @dbus_method("ImportSource", args=("u",), returns="a{sv}", ranges={"source_id": ID})
     async def import_source(self, source_id: int) -> dict[str, Variant]:
         await self._auth.require_admin("ImportSource")
         return outcome_record(await self._service.import_source(source_id))
@@ -126,7 +127,12 @@ class BlocklistsInterface(ServiceInterface):
         await self._auth.require_admin("ImportAll")
         return [outcome_record(o, sid) for sid, o in await self._service.import_all()]
 
-    @dbus_method("ListImportRuns", args=("u", "u", "u"), returns="aa{sv}u")
+    @dbus_method(
+        "ListImportRuns",
+        args=("u", "u", "u"),
+        returns="aa{sv}u",
+        ranges={"source_id": ID, "page": PAGE, "page_size": PAGE_SIZE},
+    )
     async def list_import_runs(self, source_id: int, page: int, page_size: int) -> list[Any]:
         runs, total = await self._service.runs(source_id, page, page_size)
         return [[run_record(r) for r in runs], total]

@@ -13,6 +13,7 @@ from bangui_daemon.dbus.auth import Authorizer
 from bangui_daemon.dbus.names import CORE_INTERFACE, INTERFACE_VERSION
 from bangui_daemon.dbus.shim import dbus_method, dbus_read_property, dbus_signal
 from bangui_daemon.dbus.signals import SignalPump
+from bangui_daemon.dbus.validate import OFFSET, PAGE_SIZE
 from bangui_daemon.dbus.variants import variant_dict
 from bangui_daemon.errors import Fail2banUnavailable
 from bangui_daemon.events import (
@@ -149,7 +150,12 @@ class CoreInterface(ServiceInterface):
             for j in self._bans.jails()
         ]
 
-    @dbus_method("ListBans", args=("s", "u", "u"), returns="aa{sv}u")
+    @dbus_method(
+        "ListBans",
+        args=("s", "u", "u"),
+        returns="aa{sv}u",
+        ranges={"offset": OFFSET, "limit": PAGE_SIZE},
+    )
     async def list_bans(self, jail: str, offset: int, limit: int) -> list[Any]:
         page, total = self._bans.list_bans(jail, offset, limit)
         records = [ban_record(b, self._bans.origin(b.jail), self._geo(b.ip)) for b in page]

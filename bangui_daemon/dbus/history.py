@@ -10,6 +10,7 @@ from dbus_fast.service import ServiceInterface
 from bangui_daemon.dbus.names import HISTORY_INTERFACE
 from bangui_daemon.dbus.shim import dbus_method, dbus_signal
 from bangui_daemon.dbus.signals import SignalPump
+from bangui_daemon.dbus.validate import BUCKET, PAGE, PAGE_SIZE, TIME
 from bangui_daemon.events import HistorySynced
 from bangui_daemon.services.history import HistoryEvent, HistoryService
 
@@ -42,7 +43,12 @@ class HistoryInterface(ServiceInterface):
     def connect_signals(self, pump: SignalPump) -> None:
         pump.on(HistorySynced, lambda e: self.history_synced(e.new_events))
 
-    @dbus_method("GetHistory", args=("a{sv}", "u", "u"), returns="aa{sv}u")
+    @dbus_method(
+        "GetHistory",
+        args=("a{sv}", "u", "u"),
+        returns="aa{sv}u",
+        ranges={"filter_": {"since": TIME, "until": TIME}, "page": PAGE, "page_size": PAGE_SIZE},
+    )
     async def get_history(
         self, filter_: dict[str, Variant], page: int, page_size: int
     ) -> list[Any]:
@@ -65,13 +71,20 @@ class HistoryInterface(ServiceInterface):
             "events": Variant("aa{sv}", [event_record(e) for e in h.events]),
         }
 
-    @dbus_method("GetTimeline", args=("x", "x"), returns="a(xu)")
+    @dbus_method(
+        "GetTimeline",
+        args=("x", "x"),
+        returns="a(xu)",
+        ranges={"since": TIME, "bucket_seconds": BUCKET},
+    )
     async def get_timeline(self, since: int, bucket_seconds: int) -> list[list[int]]:
         return [
             [start, count] for start, count in await self._history.timeline(since, bucket_seconds)
         ]
 
-    @dbus_method("GetTop", args=("s", "x", "u"), returns="a(su)")
+    @dbus_method(
+        "GetTop", args=("s", "x", "u"), returns="a(su)", ranges={"since": TIME, "limit": PAGE_SIZE}
+    )
     async def get_top(self, dimension: str, since: int, limit: int) -> list[list[object]]:
         return [[key, count] for key, count in await self._history.top(dimension, since, limit)]
 

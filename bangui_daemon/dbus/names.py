@@ -6,5 +6,5 @@ CORE_INTERFACE = "org.bangui.Daemon1"
 HISTORY_INTERFACE = "org.bangui.Daemon1.History"
 BLOCKLISTS_INTERFACE = "org.bangui.Daemon1.Blocklists"
 GEO_INTERFACE = "org.bangui.Daemon1.Geo"
-INTERFACE_VERSION = "1.1"
+INTERFACE_VERSION = "1.2"  # 1.1: source options, reapplied; 1.2: Error.DownloadFailed
 FAILED_ERROR = "org.bangui.Daemon1.Error.Failed"

@@ -16,7 +16,7 @@ from bangui_daemon.dbus.geo import GeoInterface
 from bangui_daemon.dbus.history import HistoryInterface
 from bangui_daemon.dbus.names import BUS_NAME, OBJECT_PATH
 from bangui_daemon.dbus.signals import SignalPump
-from bangui_daemon.dbus.transport import tolerate_full_send_buffer
+from bangui_daemon.dbus.transport import tolerate_full_send_buffer, write_utf8_right
 from bangui_daemon.errors import BanguiError
 from bangui_daemon.events import EventHub
 from bangui_daemon.services.state import DaemonState
@@ -60,6 +60,7 @@ class DbusServer:
         except Exception as exc:
             raise BusUnavailable(f"cannot connect to the {where} D-Bus: {exc}") from exc
         tolerate_full_send_buffer(bus)  # large replies must not cost the connection
+        write_utf8_right(bus)  # nor non-ASCII text on dbus-fast 1.84
         bus.add_message_handler(remember_message)
         # polkit only where its name is protected: see dbus/auth.py
         auth = Authorizer(bus, admin_group, use_polkit=where == "system")

@@ -4,14 +4,15 @@ Debian bookworm ships dbus-fast 1.84, which reads D-Bus signatures only from str
 annotations (`-> "a{sv}"`); those break `mypy --strict`. These shims take the
 signatures as arguments and hand dbus-fast an `inspect.Signature` carrying them, so
 handlers keep real Python annotations and the same code runs on 1.84 and 5.x.
-They also map the daemon's errors to the contract's D-Bus error names.
+They also check integer arguments against their declared ranges (`validate`) and map
+the daemon's errors to the contract's D-Bus error names.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import structlog
@@ -20,6 +21,7 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import dbus_property, method, signal
 
 from bangui_daemon.dbus.names import FAILED_ERROR
+from bangui_daemon.dbus.validate import ArgumentCheck, Ranges
 from bangui_daemon.errors import BanguiError
 
 log = structlog.get_logger(__name__)
@@ -49,13 +51,25 @@ def _with_signature(
     )
 
 
-def dbus_method(name: str, args: Sequence[str] = (), returns: str = "") -> Callable[[F], F]:
-    """Export an async method as D-Bus method `name` with the given signatures."""
+def dbus_method(
+    name: str, args: Sequence[str] = (), returns: str = "", ranges: Ranges | None = None
+) -> Callable[[F], F]:
+    """Export an async method as D-Bus method `name` with the given signatures.
+
+    `ranges` maps each integer argument (by parameter name) to its `IntRange`, and may
+    map an ``a{sv}`` argument to ranges of its integer keys; every call is checked
+    before the handler runs.
+    """
+    empty: Mapping[str, Any] = {}
 
     def decorate(fn: F) -> F:
+        names = list(inspect.signature(fn).parameters)[1:]
+        check = ArgumentCheck(name, names, args, ranges or empty)
+
         @functools.wraps(fn)
         async def handler(self: Any, *call_args: Any) -> Any:
             try:
+                check(call_args)
                 return await fn(self, *call_args)
             except BanguiError as exc:
                 raise DBusError(exc.dbus_name, str(exc)) from exc

@@ -40,7 +40,7 @@ import geoip2.errors
 import maxminddb
 import structlog
 
-from bangui_daemon.errors import InvalidArgument
+from bangui_daemon.errors import InvalidArgument, quote
 
 __all__ = [
     "GEO_DATABASE_LOADED",
@@ -350,7 +350,7 @@ def normalise_ip(ip: str) -> str:
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
-        raise InvalidArgument(f"{ip!r} is not an IP address.") from None
+        raise InvalidArgument(f"{quote(ip)} is not an IP address.") from None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return f"::ffff:{addr.ipv4_mapped}"
     return str(addr)

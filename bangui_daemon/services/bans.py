@@ -21,6 +21,7 @@ from bangui_daemon.errors import (
     Fail2banUnavailable,
     InvalidArgument,
     Refused,
+    quote,
 )
 from bangui_daemon.fail2ban.client import BanEntry, Fail2banClient, JailCounts
 from bangui_daemon.fail2ban.db_tail import BanRow
@@ -65,7 +66,7 @@ def parse_address(ip: str) -> str:
     try:
         return str(ipaddress.ip_address(ip))
     except ValueError:
-        raise InvalidArgument(f"{ip[:64]!r} is not an IP address") from None
+        raise InvalidArgument(f"{quote(ip)} is not an IP address") from None
 
 
 class BanService:
@@ -143,7 +144,7 @@ class BanService:
         if jail not in self._counts:
             if not self._state.fail2ban_connected and not self._counts:
                 raise Fail2banUnavailable("fail2ban is not reachable, jails are unknown")
-            raise InvalidArgument(f"unknown jail name {jail[:64]!r}")
+            raise InvalidArgument(f"unknown jail name {quote(jail)}")
 
     # ---- the ban watch's side (see services/ban_watch.py) --------------------
 

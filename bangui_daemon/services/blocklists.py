@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
@@ -12,16 +13,15 @@ import structlog
 
 from bangui_daemon.archive.import_runs_repo import RunRow
 from bangui_daemon.archive.sources_repo import DuplicateName, SourceRow
+from bangui_daemon.blocklist.fetch import redact_url
 from bangui_daemon.blocklist.importer import FAILED, Importer, ImportOutcome, Preview
 from bangui_daemon.config import BlocklistSource
-from bangui_daemon.errors import InvalidArgument, NotFound
+from bangui_daemon.errors import InvalidArgument, NotFound, quote
 
 log = structlog.get_logger(__name__)
 
 MAX_NAME = 100
 MAX_URL = 2048
-MAX_PAGE_SIZE = 1000
-SCHEMES = ("http", "https", "file")
 TypedValue = tuple[str, object]  # (D-Bus signature, value)
 Feed = Callable[[], Sequence[bytes] | None]
 """The current content of a source fed by another part of the daemon (CrowdSec);
@@ -63,21 +63,6 @@ def check_max_entries(value: object) -> int:
     return value
 
 
-def check_url(url: str) -> str:
-    """Accept http(s) URLs with a host, and file:// URLs (the importer checks the path)."""
-    url = url.strip()
-    if len(url) > MAX_URL or not url.isprintable():
-        raise InvalidArgument(f"a source URL is at most {MAX_URL} printable characters")
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES:
-        raise InvalidArgument("a source URL must be http://, https:// or file://")
-    if parts.scheme != "file" and not parts.hostname:
-        raise InvalidArgument("a source URL needs a host name")
-    if parts.scheme == "file" and not parts.path.startswith("/"):
-        raise InvalidArgument("a file:// source needs an absolute path")
-    return url
-
-
 CONFIG = "config"
 """`managed` of the sources the config declares."""
 
@@ -87,6 +72,9 @@ def _options(s: SourceRow) -> tuple[str, bool, int, int, str]:
 
 
 class BlocklistService:
+    """Sources, imports and previews. Source URLs are shown with their credentials
+    redacted (`redact_url`); the stored URL keeps them for the download."""
+
     def __init__(self, importer: Importer, clock: Callable[[], float] = time.time) -> None:
         self._importer = importer
         self._sources = importer.sources
@@ -152,7 +140,7 @@ class BlocklistService:
                 counts["removed"] += 1
                 log.info("blocklist_config_source_removed", source_id=gone.id, name=gone.name)
         for d in declared:
-            url = check_url(d.url)
+            url = self._check_url(d.url)
             source = await self._by_name(d.name)
             if source is None:
                 await self._sources.add(
@@ -184,7 +172,7 @@ class BlocklistService:
                 interval=row.interval, max_entries=row.max_entries,
             )  # fmt: skip
         except DuplicateName:
-            raise InvalidArgument(f"a source named {row.name!r} exists already") from None
+            raise InvalidArgument(f"a source named {quote(row.name)} exists already") from None
 
     @staticmethod
     def _refuse_managed(source: SourceRow) -> None:
@@ -196,8 +184,19 @@ class BlocklistService:
 
     # ---- D-Bus callers ----------------------------------------------------------
 
+    def _check_url(self, url: str) -> str:
+        """A URL fit to store: short, printable, and one the fetcher can ever download."""
+        url = url.strip()
+        if len(url) > MAX_URL or not url.isprintable():
+            raise InvalidArgument(f"a source URL is at most {MAX_URL} printable characters")
+        self._importer.check_url(url)
+        if urlsplit(url).netloc.rpartition("@")[0] == "***":  # copied from ListSources
+            raise InvalidArgument("the URL has '***' where ListSources hid its credentials")
+        return url
+
     async def list_sources(self) -> list[SourceRow]:
-        return await self._sources.all()
+        """Every source, its URL without credentials."""
+        return [dataclasses.replace(s, url=redact_url(s.url)) for s in await self._sources.all()]
 
     async def _get(self, source_id: int) -> SourceRow:
         source = await self._sources.get(source_id)
@@ -211,12 +210,12 @@ class BlocklistService:
             raise InvalidArgument(f"the source name {name!r} is reserved for its config section")
 
     async def add_source(self, name: str, url: str, enabled: bool) -> int:
-        name, url = check_name(name), check_url(url)
+        name, url = check_name(name), self._check_url(url)
         await self._refuse_reserved(name)
         try:
             source_id = await self._sources.add(name, url, enabled, int(self._clock()))
         except DuplicateName:
-            raise InvalidArgument(f"a source named {name!r} exists already") from None
+            raise InvalidArgument(f"a source named {quote(name)} exists already") from None
         log.info("blocklist_source_added", source_id=source_id, name=name)
         await self._changed()
         return source_id
@@ -227,7 +226,7 @@ class BlocklistService:
         for key, (signature, _value) in changes.items():
             if key not in CHANGE_TYPES:
                 raise InvalidArgument(
-                    f"unknown change {key[:40]!r}; known: {', '.join(CHANGE_TYPES)}"
+                    f"unknown change {quote(key)}; known: {', '.join(CHANGE_TYPES)}"
                 )
             if signature not in CHANGE_TYPES[key]:
                 raise InvalidArgument(
@@ -235,7 +234,7 @@ class BlocklistService:
                 )
         name = check_name(str(changes["name"][1])) if "name" in changes else source.name
         await self._refuse_reserved(name, source_id)
-        url = check_url(str(changes["url"][1])) if "url" in changes else source.url
+        url = self._check_url(str(changes["url"][1])) if "url" in changes else source.url
         enabled = bool(changes["enabled"][1]) if "enabled" in changes else source.enabled
         interval = (
             check_interval(changes["interval"][1]) if "interval" in changes else source.interval
@@ -316,13 +315,10 @@ class BlocklistService:
         return min(own, default=0)
 
     async def preview(self, url: str) -> Preview:
-        return await self._importer.preview(check_url(url))
+        return await self._importer.preview(self._check_url(url))
 
     async def runs(self, source_id: int, page: int, page_size: int) -> tuple[list[RunRow], int]:
-        if page < 1:
-            raise InvalidArgument("page starts at 1")
-        if not 1 <= page_size <= MAX_PAGE_SIZE:
-            raise InvalidArgument(f"page_size must be from 1 to {MAX_PAGE_SIZE}")
+        """ListImportRuns: one page (from 1; ranges checked at the D-Bus edge)."""
         if source_id:
             await self._get(source_id)
         return await self._runs.page(source_id, (page - 1) * page_size, page_size)

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from bangui_daemon.errors import Busy, NotFound
+from bangui_daemon.errors import Busy, NotFound, quote
 from bangui_daemon.events import EventHub, TaskFinished
 
 log = structlog.get_logger(__name__)
@@ -147,7 +147,7 @@ class Scheduler:
         try:
             return self._jobs[name]
         except KeyError:
-            raise NotFound(f"unknown task name {name!r}") from None
+            raise NotFound(f"unknown task name {quote(name)}") from None
 
     async def _loop(self, job: Job) -> None:
         while not self._stopping:

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.parse
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,7 +37,10 @@ from bangui_daemon.blocklist.fetch import (
     TooLarge,
     TooManyRedirects,
     UnsupportedUrl,
+    _describe,
+    check_url,
     fetch,
+    redact_url,
     redirect_target,
 )
 from bangui_daemon.blocklist.parse import parse_blocklist
@@ -399,6 +403,50 @@ async def test_file_dir_reached_through_a_symlink_works(lists: Path, tmp_path: P
 async def test_file_outside_file_dir_is_refused(lists: Path, tail: str) -> None:
     with pytest.raises(UnsupportedUrl, match="below the configured"):
         await get(f"file://{lists}{tail}", file_dir=str(lists))
+
+
+@pytest.mark.parametrize(
+    "tail", ["/../outside.txt", "/escape", "", "/sub/.."], ids=["dotdot", "symlink", "dir", "up"]
+)
+def test_check_url_applies_the_same_rule_before_any_download(lists: Path, tail: str) -> None:
+    check_url(f"file://{lists}/a.txt", str(lists))
+    check_url(f"file://{lists}/not-there-yet.txt", str(lists))  # may appear later
+    check_url("https://user:pw@127.0.0.1:1/list", str(lists))
+    with pytest.raises(UnsupportedUrl, match="below the configured"):
+        check_url(f"file://{lists}{tail}", str(lists))
+    bad = ("ftp://127.0.0.1/l", "file:///etc/shadow", "http:///l", "http://[::1/l", "http://h:x/")
+    for url in (*bad, "http://h:99999/", "http://h:-1/"):
+        with pytest.raises(UnsupportedUrl) as info:
+            check_url(url, str(lists))
+        assert info.value.dbus_name.endswith(".InvalidArgument")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:pw@host.example/list", "https://***@host.example/list"),
+        ("http://token@127.0.0.1:8080/l?x=1", "http://***@127.0.0.1:8080/l?x=1"),
+        ("http://a:b@c@host/l", "http://***@host/l"),
+        ("https://host.example/list", "https://host.example/list"),
+        ("file:///srv/lists/a.txt", "file:///srv/lists/a.txt"),
+        ("http://[::1/x", "(a malformed URL)"),
+    ],
+)
+def test_redact_url_hides_any_userinfo(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+async def test_download_failures_are_download_failed_without_credentials() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://alice:hunter22@127.0.0.1:{port}/list"
+    with pytest.raises(FetchError) as info:
+        await get(url)
+    assert info.value.dbus_name == "org.bangui.Daemon1.Error.DownloadFailed"
+    # aiohttp's InvalidURL quotes the whole URL: what the fetcher reports is scrubbed
+    said = _describe(aiohttp.InvalidURL(url), urllib.parse.urlsplit(url))
+    assert said == f"InvalidURL: http://***:***@127.0.0.1:{port}/list"
 
 
 async def test_outside_path_is_refused(lists: Path, tmp_path: Path) -> None:

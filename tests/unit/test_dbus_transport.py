@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from dbus_fast import Message
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast._private.unmarshaller import Unmarshaller
 from dbus_fast.aio import message_bus
 
-from bangui_daemon.dbus.transport import WouldBlockIsZero, tolerate_full_send_buffer
+from bangui_daemon.dbus.transport import (
+    WouldBlockIsZero,
+    has_non_ascii,
+    marshals_utf8,
+    tolerate_full_send_buffer,
+    utf8_marshaller,
+)
 
 
 @pytest.fixture
@@ -118,3 +126,42 @@ def test_would_block_is_zero_passes_everything_else_through(
     while wrapped.send(b"y" * 65536):  # fill the buffer: then 0, never an exception
         pass
     assert wrapped.send(b"z") == 0
+
+
+# ------------------------------------------------------------- UTF-8 lengths
+def unmarshall(data: bytes) -> Message:
+    message = Unmarshaller(cast(Any, io.BytesIO(data))).unmarshall()
+    assert message is not None
+    return message
+
+
+@pytest.mark.skipif(marshals_utf8(), reason="only dbus-fast 1.84 (bookworm) needs it")
+def test_the_utf8_marshaller_writes_lengths_in_bytes_and_round_trips() -> None:
+    body = ["é", {"org": Variant("s", "Telefónica ✓"), "n": Variant("x", -5)}, ["a", "ü\U0001f600"]]
+    msg = Message(
+        destination=":1.5", path="/o", interface="a.b", member="M", signature="sa{sv}as", body=body
+    )
+    msg.serial = 7
+    data = utf8_marshaller()(msg, False)
+    assert b"\x02\x00\x00\x00\xc3\xa9\x00" in data  # "é" is two bytes long
+    back = unmarshall(data)
+    assert (back.member, back.serial, back.destination) == ("M", 7, ":1.5")
+    assert back.body == body
+    error = Message.new_error(msg, "org.freedesktop.DBus.Error.UnknownProperty", "no Vérsion")
+    error.serial = 8
+    back = unmarshall(utf8_marshaller()(error, False))
+    assert back.message_type == MessageType.ERROR
+    assert (back.body, back.reply_serial) == (["no Vérsion"], 7)
+
+
+@pytest.mark.parametrize(
+    ("body", "found"),
+    [
+        (["abc", 1, [b"\xff"]], False),
+        ([{"k": Variant("as", ["x", "é"])}], True),
+        ([{"é": 1}], True),
+        ([[("a", Variant("v", Variant("s", "\u2028")))]], True),
+    ],
+)
+def test_has_non_ascii_looks_at_every_depth(body: list[Any], found: bool) -> None:
+    assert has_non_ascii(body) is found

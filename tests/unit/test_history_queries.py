@@ -368,12 +368,6 @@ async def test_bad_filter_is_invalid_argument(
         await service.history(raw, 1, 10)
 
 
-@pytest.mark.parametrize(("page", "size"), [(0, 10), (1, 0), (1, 1001)])
-async def test_bad_page_is_invalid_argument(service: HistoryService, page: int, size: int) -> None:
-    with pytest.raises(InvalidArgument):
-        await service.history({}, page, size)
-
-
 async def test_page_size_limits_accepted(service: HistoryService) -> None:
     events, total = await service.history({}, 1, 1)
     assert len(events) == 1
@@ -465,12 +459,6 @@ async def test_timeline_on_an_empty_archive_is_all_zeros(tmp_path: Path) -> None
         await arch.close()
 
 
-@pytest.mark.parametrize(("since", "bucket"), [(NOW - DAY, 0), (NOW - DAY, -5), (-1, HOUR)])
-async def test_timeline_bad_arguments(service: HistoryService, since: int, bucket: int) -> None:
-    with pytest.raises(InvalidArgument):
-        await service.timeline(since, bucket)
-
-
 async def test_timeline_too_many_buckets(service: HistoryService) -> None:
     with pytest.raises(InvalidArgument):
         await service.timeline(1, 1)
@@ -511,9 +499,9 @@ async def test_top_is_ordered_and_limited(
     assert len({k for k, _ in got}) == len(got)
 
 
-@pytest.mark.parametrize(
-    ("dimension", "limit"), [("country_code", 10), ("org", 10), ("", 10), ("ip", 0), ("ip", 1001)]
-)
-async def test_top_bad_arguments(service: HistoryService, dimension: str, limit: int) -> None:
+# Ranges of pages, times, buckets and limits: tests/unit/test_dbus_validate.py and
+# tests/integration/test_dbus_edge.py (they are checked at the D-Bus edge).
+@pytest.mark.parametrize("dimension", ["country_code", "org", ""])
+async def test_top_bad_dimension(service: HistoryService, dimension: str) -> None:
     with pytest.raises(InvalidArgument):
-        await service.top(dimension, 0, limit)
+        await service.top(dimension, 0, 10)
