@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import resource
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,6 +21,7 @@ from bangui_daemon.blocklist.fetch import (
     FetchError,
     FetchResult,
     FetchTimeout,
+    TooLarge,
     TooManyRedirects,
     fetch,
 )
@@ -55,6 +58,24 @@ async def _endless_headers(w: asyncio.StreamWriter, stop: asyncio.Event) -> None
         await w.drain()
 
 
+def _members() -> bytes:
+    """Three gzip members whose output is a multiple of fetch's 64 KiB inflate piece."""
+    return b"".join(gzip.compress(part) for part in MEMBERS)
+
+
+async def _gzip_members(w: asyncio.StreamWriter, stop: asyncio.Event) -> None:
+    body = _members()
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body))
+    w.write(body)
+
+
+async def _gzip_bomb(w: asyncio.StreamWriter, stop: asyncio.Event) -> None:
+    # 1 GiB of zeros as 1,024 members of 1 MiB (~1 KB each).
+    body = gzip.compress(b"\0" * (1024 * 1024), 9) * 1024
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body))
+    w.write(body)
+
+
 async def _redirect_loop(w: asyncio.StreamWriter, stop: asyncio.Event) -> None:
     w.write(b"HTTP/1.1 302 Found\r\nLocation: /loop\r\nContent-Length: 0\r\n\r\n")
 
@@ -66,7 +87,14 @@ MODES: dict[str, Writer] = {
     "huge-header": _huge_header,
     "endless-headers": _endless_headers,
     "loop": _redirect_loop,
+    "gzip-members": _gzip_members,
+    "gzip-bomb": _gzip_bomb,
 }
+MEMBERS = [
+    b"45.1.2.3\n" * (128 * 1024 // 9) + b"#" * (128 * 1024 % 9),
+    b"45.9.9.9\n",
+    b"45.8.8.8\n",
+]
 
 
 class RawSite:
@@ -147,3 +175,18 @@ async def test_redirect_loop_stops_after_the_limit(raw: RawSite) -> None:
     with pytest.raises(TooManyRedirects):
         await get(raw.url("loop"))
     assert raw.requests == 4  # the first request and three redirects, no more
+
+
+async def test_gzip_members_ending_on_a_piece_boundary_decode_exactly(raw: RawSite) -> None:
+    assert len(MEMBERS[0]) == 128 * 1024
+    result = await get(raw.url("gzip-members"))
+    assert b"".join(result.chunks) == b"".join(MEMBERS)
+
+
+async def test_multi_member_gzip_bomb_stops_at_the_cap_in_bounded_memory(raw: RawSite) -> None:
+    # Before the fix, every member boundary doubled the undecoded rest: gigabytes.
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with pytest.raises(TooLarge):
+        await get(raw.url("gzip-bomb"), max_bytes=16 * 1024 * 1024)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    assert grown < 100 * 1024 * 1024, f"peak RSS grew by {grown / 1e6:.0f} MB"
