@@ -158,7 +158,8 @@ class Soak:
         warm_at = began
         for i in range(args.tasks):
             batch = [
-                str(ipaddress.IPv4Address(FIRST + i * per_round + k)) for k in range(per_round)
+                str(ipaddress.IPv4Address(FIRST + (i * per_round + k) % args.distinct))
+                for k in range(per_round)
             ]
             if batch:
                 await self.f2b.ban(JAIL, batch)

@@ -11,7 +11,7 @@ thread; every request read is answered according to MODE:
     trickle     a valid 1 KB reply, one byte per 100 ms
     silence     nothing, ever (until the daemon closes the connection)
 
-Counters (JSON: connections, open, max_concurrent, requests, replies, bytes_sent) are
+Counters (JSON: connections, requests, replies, bytes_sent) are
 rewritten to ``SOCKET.stats`` after every change, so a test can wait on them.
 """
 
@@ -67,8 +67,6 @@ class HostileServer:
         self.lock = threading.Lock()
         self.stats: dict[str, int] = {
             "connections": 0,
-            "open": 0,
-            "max_concurrent": 0,
             "requests": 0,
             "replies": 0,
             "bytes_sent": 0,
@@ -80,7 +78,6 @@ class HostileServer:
         with self.lock:
             for key, delta in deltas.items():
                 self.stats[key] += delta
-            self.stats["max_concurrent"] = max(self.stats["max_concurrent"], self.stats["open"])
             self._write_stats()
 
     def _write_stats(self) -> None:
@@ -99,7 +96,7 @@ class HostileServer:
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
-        self._bump(connections=1, open=1)
+        self._bump(connections=1)
         try:
             buf = b""
             while True:
@@ -118,7 +115,6 @@ class HostileServer:
             pass  # the daemon dropped us: exactly what it should do
         finally:
             conn.close()
-            self._bump(open=-1)
 
     def _send(self, conn: socket.socket, data: bytes) -> None:
         conn.sendall(data)
