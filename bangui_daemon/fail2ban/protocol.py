@@ -30,7 +30,7 @@ CLOSE_FRAME = CLOSE + END
 #: ban lists; measured with fail2ban 1.0.2 (pickle protocol 5), a ban costs 22 bytes
 #: in `get JAIL banip` and 68 in `get JAIL banip --with-time` for IPv4 (73 and 165 for
 #: a full-length IPv6 address). 80 MiB holds the timed list of 1M IPv4 bans (68 MB)
-#: with 20% to spare, or of 500k full-length IPv6 bans.
+#: with 20% to spare, or of 500k full-length IPv6 bans (bench/reply_sizes.py).
 DEFAULT_REPLY_LIMIT = 80 * 1024 * 1024
 
 #: Bytes asked of the socket per read: the unit in which a reply's size is checked.
