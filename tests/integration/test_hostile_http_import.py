@@ -45,7 +45,14 @@ class Tricks(socketserver.StreamRequestHandler):
             self.answer(path)
 
     def answer(self, path: str) -> None:
-        out = self.wfile.write
+        # One request per connection, said so: aiohttp 3.8 would otherwise send the
+        # next hop on this connection and meet it closed.
+        def out(data: bytes) -> None:
+            if data.startswith(b"HTTP/1.1 "):
+                status, rest = data.split(b"\r\n", 1)
+                data = status + b"\r\nConnection: close\r\n" + rest
+            self.wfile.write(data)
+
         if path == "/bomb":
             head = f"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {len(self.bomb)}"
             out(head.encode() + b"\r\n\r\n" + self.bomb)
