@@ -359,7 +359,10 @@ class _Decoder:
                 while True:
                     if out:
                         yield out
-                    if len(out) < CHUNK:
+                    # At a member's end zlib keeps the rest in both unconsumed_tail and
+                    # unused_data; one more decompress call would append it to
+                    # unused_data again, doubling it at every member boundary.
+                    if len(out) < CHUNK or obj.eof:
                         break
                     out = obj.decompress(obj.unconsumed_tail, CHUNK)
                 data = b""

@@ -135,8 +135,10 @@ class Fail2banClient:
         try:
             sock = await self._connect_socket(loop, deadline)
             try:
+                # The stream's buffer stays small (it pauses the socket past twice
+                # this); replies are assembled, and their size checked, by _read_reply.
                 reader, writer = await asyncio.open_unix_connection(
-                    sock=sock, limit=self._reply_limit
+                    sock=sock, limit=protocol.READ_CHUNK
                 )
             except BaseException:
                 sock.close()
@@ -190,22 +192,10 @@ class Fail2banClient:
         try:
             writer.write(payload)
             await writer.drain()
-            frame = bytearray()
-            while True:
-                frame += await reader.readuntil(protocol.END)
-                obj = protocol.try_decode_frame(bytes(frame), self._reply_limit)
-                if obj is not None:
-                    return protocol.interpret_reply(obj)
-        except asyncio.IncompleteReadError:
-            self._drop()
-            raise Fail2banUnavailable("fail2ban closed the connection") from None
-        except asyncio.LimitOverrunError:
-            self._drop()
-            raise Fail2banProtocolError(
-                f"fail2ban reply is larger than {self._reply_limit} bytes"
-            ) from None
+            return await self._read_reply(reader)
         except Fail2banUnavailable:
-            # A ConnectionError itself, so it must not reach the OSError branch.
+            # Also a refused reply (Fail2banProtocolError); a ConnectionError itself,
+            # so it must not reach the OSError branch.
             self._drop()
             raise
         except OSError as exc:
@@ -215,6 +205,20 @@ class Fail2banClient:
             # Timeout, cancellation or a bad reply: the stream position is unknown.
             self._drop()
             raise
+
+    async def _read_reply(self, reader: asyncio.StreamReader) -> tuple[int, object]:
+        """Read one reply in bounded chunks; the buffer goes as soon as the call ends."""
+        assembler = protocol.ReplyAssembler(self._reply_limit)
+        try:
+            while True:
+                chunk = await reader.read(protocol.READ_CHUNK)
+                if not chunk:
+                    raise Fail2banUnavailable("fail2ban closed the connection")
+                reply = assembler.feed(chunk)
+                if reply is not None:
+                    return reply
+        finally:
+            assembler.release()
 
     async def close(self) -> None:
         """Say goodbye to fail2ban and close the connection (a later call reconnects)."""

@@ -10,7 +10,6 @@ the socket path would hand code execution to anyone who can bind it.
 from __future__ import annotations
 
 import builtins
-import io
 import pickle
 import re
 import time
@@ -26,8 +25,22 @@ END = b"<F2B_END_COMMAND>"
 CLOSE = b"<F2B_CLOSE_COMMAND>"
 CLOSE_FRAME = CLOSE + END
 
-#: Replies larger than this are refused (a 10k-IP `banip --with-time` is ~0.6 MB).
-DEFAULT_REPLY_LIMIT = 64 * 1024 * 1024
+#: Replies larger than this are refused, and reading stops there: a hostile socket
+#: owner must not make the daemon buffer what it likes. The largest honest replies are
+#: ban lists; measured with fail2ban 1.0.2 (pickle protocol 5), a ban costs 22 bytes
+#: in `get JAIL banip` and 68 in `get JAIL banip --with-time` for IPv4 (73 and 165 for
+#: a full-length IPv6 address). 80 MiB holds the timed list of 1M IPv4 bans (68 MB)
+#: with 20% to spare, or of 500k full-length IPv6 bans (bench/reply_sizes.py).
+DEFAULT_REPLY_LIMIT = 80 * 1024 * 1024
+
+#: Bytes asked of the socket per read: the unit in which a reply's size is checked.
+READ_CHUNK = 256 * 1024
+
+#: Unpickling attempts per reply. Each end marker found may close the reply or sit
+#: inside a string of it; a real reply holds the marker in its payload almost never,
+#: while each attempt re-reads the whole reply, so a hostile stream of markers could
+#: otherwise cost quadratic time.
+MAX_DECODE_ATTEMPTS = 8
 
 # fail2ban's server accepts any pickle protocol; 4 is understood by every Python 3
 # fail2ban runs on.
@@ -99,11 +112,50 @@ class SafeUnpickler(pickle.Unpickler):
         raise ForbiddenGlobalError(f"forbidden global {module}.{name} in fail2ban reply")
 
 
-def safe_loads(data: bytes) -> object:
-    """Unpickle one complete pickle with the allow-list; trailing bytes are an error."""
-    stream = io.BytesIO(data)
-    value = SafeUnpickler(stream).load()
-    if stream.tell() != len(data):
+class _BufferReader:
+    """A read-only file over (a prefix of) a buffer, so a reply is unpickled in place.
+
+    io.BytesIO would first copy a bytearray, doubling what a large reply costs. The
+    unpickler prefetches through `peek`, so it calls back here once per ~128 KiB.
+    """
+
+    def __init__(self, data: bytes | bytearray, end: int) -> None:
+        self._data = data
+        self._end = end
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        start = self.pos
+        stop = self._end if n < 0 else min(self._end, start + n)
+        self.pos = stop
+        with memoryview(self._data) as view:
+            return view[start:stop].tobytes()
+
+    def readinto(self, out: bytearray | memoryview) -> int:
+        with memoryview(out) as target, memoryview(self._data) as view:
+            n = min(len(target), self._end - self.pos)
+            target[:n] = view[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+    def readline(self) -> bytes:
+        at = self._data.find(b"\n", self.pos, self._end)
+        return self.read(-1 if at < 0 else at + 1 - self.pos)
+
+    def peek(self, n: int = 0) -> bytes:
+        with memoryview(self._data) as view:
+            return view[self.pos : min(self._end, self.pos + max(n, 1))].tobytes()
+
+
+def safe_loads(data: bytes | bytearray, end: int | None = None) -> object:
+    """Unpickle one complete pickle (`data[:end]`) with the allow-list.
+
+    Trailing bytes are an error.
+    """
+    stop = len(data) if end is None else end
+    reader = _BufferReader(data, stop)
+    value = SafeUnpickler(reader).load()
+    if reader.pos != stop:
         raise pickle.UnpicklingError("trailing bytes after the pickle")
     return value
 
@@ -125,28 +177,75 @@ def _is_truncation(exc: Exception) -> bool:
     return isinstance(exc, EOFError) or "truncated" in str(exc)
 
 
-def try_decode_frame(frame: bytes, limit: int = DEFAULT_REPLY_LIMIT) -> object | None:
-    """Unpickle `frame` (bytes up to and including an END marker).
+_INCOMPLETE = object()
 
-    Returns None when the pickle is incomplete: the END bytes were inside the
-    payload, so the caller must read up to the next END and try again.
+
+class ReplyAssembler:
+    """Collects one reply from the socket's chunks and decodes it once complete.
+
+    A reply passing `limit` bytes is refused at once, so no more than `limit` bytes
+    are ever held; whatever the outcome, the buffer is released before `feed` returns
+    or raises (an error's traceback must not keep a large reply alive).
     """
-    if len(frame) > limit:
-        raise Fail2banProtocolError(f"fail2ban reply is larger than {limit} bytes")
-    if not frame.endswith(END):
-        raise Fail2banProtocolError("fail2ban reply frame lacks the end marker")
-    payload = frame[: -len(END)]
-    try:
-        return safe_loads(payload)
-    except ForbiddenGlobalError as exc:
-        raise Fail2banProtocolError(str(exc)) from None
-    except (pickle.UnpicklingError, EOFError) as exc:
-        if _is_truncation(exc):
-            return None
-        raise Fail2banProtocolError("fail2ban reply is not a valid pickle") from None
-    except Exception:
-        # Anything a constructor on the allow-list raises (e.g. int("x") via REDUCE).
-        raise Fail2banProtocolError("fail2ban reply is not a valid pickle") from None
+
+    def __init__(self, limit: int = DEFAULT_REPLY_LIMIT) -> None:
+        self._limit = limit
+        self._buf = bytearray()
+        self._scan = 0
+        self._attempts = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes held so far."""
+        return len(self._buf)
+
+    def release(self) -> None:
+        """Drop the bytes held (a new, empty buffer: a view still alive cannot pin it)."""
+        self._buf = bytearray()
+        self._scan = 0
+
+    def feed(self, chunk: bytes) -> tuple[int, object] | None:
+        """Add bytes; return the interpreted reply when it is complete, else None."""
+        try:
+            return self._feed(chunk)
+        except BaseException:
+            self.release()
+            raise
+
+    def _feed(self, chunk: bytes) -> tuple[int, object] | None:
+        if len(self._buf) + len(chunk) > self._limit:
+            raise Fail2banProtocolError(f"fail2ban reply is larger than {self._limit} bytes")
+        self._buf += chunk
+        while (at := self._buf.find(END, self._scan)) >= 0:
+            self._scan = at + len(END)
+            obj = self._decode(at)
+            if obj is _INCOMPLETE:
+                continue  # the marker was inside the payload: read on
+            if self._scan != len(self._buf):
+                raise Fail2banProtocolError("fail2ban sent bytes after its reply")
+            self.release()
+            return interpret_reply(obj)
+        self._scan = max(0, len(self._buf) - len(END) + 1)
+        return None
+
+    def _decode(self, end: int) -> object:
+        self._attempts += 1
+        if self._attempts > MAX_DECODE_ATTEMPTS:
+            raise Fail2banProtocolError("fail2ban reply holds too many end markers")
+        # Errors are raised outside the except blocks: a chained exception's traceback
+        # would keep the unpickler's frames, and with them the reply, alive.
+        error = "fail2ban reply is not a valid pickle"
+        try:
+            return safe_loads(self._buf, end)
+        except ForbiddenGlobalError as exc:
+            error = str(exc)
+        except (pickle.UnpicklingError, EOFError) as exc:
+            if _is_truncation(exc):
+                return _INCOMPLETE
+        except Exception:  # noqa: S110 - the message above is the answer
+            # Anything a constructor on the allow-list raises (e.g. int("x") via REDUCE).
+            pass
+        raise Fail2banProtocolError(error)
 
 
 def interpret_reply(obj: object) -> tuple[int, object]:

@@ -136,38 +136,65 @@ def test_safe_loads_refuses_other_globals(module: str, name: str) -> None:
     with pytest.raises(protocol.ForbiddenGlobalError):
         protocol.safe_loads(raw)
     with pytest.raises(Fail2banProtocolError):
-        protocol.try_decode_frame(raw + END)
+        protocol.ReplyAssembler().feed(raw + END)
 
 
-def test_try_decode_frame_refuses_os_system_pickle() -> None:
+def test_assembler_refuses_os_system_pickle() -> None:
     frame = pickle.dumps((0, _Evil()), protocol=5) + END
     with pytest.raises(Fail2banProtocolError, match="forbidden global"):
-        protocol.try_decode_frame(frame)
+        protocol.ReplyAssembler().feed(frame)
 
 
-def test_try_decode_frame_needs_more_when_end_is_inside_payload() -> None:
+def test_assembler_reads_on_when_end_is_inside_payload() -> None:
     value = (0, "a<F2B_END_COMMAND>b")
     full = pickle.dumps(value, protocol=5) + END
-    first = full[: full.index(END) + len(END)]
-    assert first != full
-    assert protocol.try_decode_frame(first) is None
-    assert protocol.try_decode_frame(full) == value
+    cut = full.index(END) + len(END)
+    assembler = protocol.ReplyAssembler()
+    assert assembler.feed(full[:cut]) is None
+    assert assembler.feed(full[cut:]) == value
+    # The same reply in one chunk, and byte by byte.
+    assert protocol.ReplyAssembler().feed(full) == value
+    one_by_one = protocol.ReplyAssembler()
+    replies = [one_by_one.feed(full[i : i + 1]) for i in range(len(full))]
+    assert replies[-1] == value
+    assert replies[:-1] == [None] * (len(full) - 1)
 
 
-def test_try_decode_frame_rejects_garbage_and_trailing_bytes() -> None:
-    with pytest.raises(Fail2banProtocolError):
-        protocol.try_decode_frame(b"\x00garbage" + END)
-    with pytest.raises(Fail2banProtocolError):
-        protocol.try_decode_frame(pickle.dumps((0, 1)) + b"xx" + END)
-    with pytest.raises(Fail2banProtocolError):
-        protocol.try_decode_frame(pickle.dumps((0, 1)))
+def test_assembler_rejects_garbage_and_trailing_bytes() -> None:
+    with pytest.raises(Fail2banProtocolError, match="not a valid pickle"):
+        protocol.ReplyAssembler().feed(b"\x00garbage" + END)
+    with pytest.raises(Fail2banProtocolError, match="not a valid pickle"):
+        protocol.ReplyAssembler().feed(pickle.dumps((0, 1)) + b"xx" + END)
+    with pytest.raises(Fail2banProtocolError, match="after its reply"):
+        protocol.ReplyAssembler().feed(pickle.dumps((0, 1)) + END + b"more")
+    assert protocol.ReplyAssembler().feed(pickle.dumps((0, 1))) is None
 
 
-def test_try_decode_frame_size_cap() -> None:
+def test_assembler_size_cap_refuses_and_releases() -> None:
     frame = pickle.dumps((0, "x" * 1000)) + END
-    assert protocol.try_decode_frame(frame, limit=len(frame)) == (0, "x" * 1000)
+    assert protocol.ReplyAssembler(limit=len(frame)).feed(frame) == (0, "x" * 1000)
+    small = protocol.ReplyAssembler(limit=len(frame) - 1)
+    assert small.feed(frame[:100]) is None
+    assert small.size == 100
     with pytest.raises(Fail2banProtocolError, match="larger"):
-        protocol.try_decode_frame(frame, limit=len(frame) - 1)
+        small.feed(frame[100:])
+    assert small.size == 0
+
+
+def test_assembler_bounds_decode_attempts() -> None:
+    # A string full of end markers: each would cost one more full unpickling attempt.
+    full = pickle.dumps((0, "<F2B_END_COMMAND>" * 50), protocol=5) + END
+    with pytest.raises(Fail2banProtocolError, match="too many end markers"):
+        protocol.ReplyAssembler().feed(full)
+
+
+def test_default_limit_holds_a_million_timed_ipv4_bans() -> None:
+    # The longest IPv4 line fail2ban 1.0.2 prints for `get JAIL banip --with-time`.
+    line = "255.255.255.255 \t2026-11-25 18:00:00 + 604800 = 2026-12-02 18:00:00"
+    sample = pickle.dumps((0, [line] * 1000), protocol=5)
+    distinct = pickle.dumps((0, [line[:-1] + str(i % 10) for i in range(1000)]), protocol=5)
+    per_ban = max(len(sample), len(distinct)) / 1000
+    assert per_ban * 1_000_000 < protocol.DEFAULT_REPLY_LIMIT
 
 
 # ------------------------------------------------------------ reply shapes
