@@ -78,10 +78,18 @@ class NetNamespace:
             if "table" in item
         }
 
-    def set_elements(self, table: str, name: str) -> set[str]:
-        """Elements of ``inet TABLE NAME`` as text: ``1.2.3.4``, ``10.0.0.0/8``, ``a-b``."""
+    def set_elements(self, table: str, name: str, *, missing_ok: bool = False) -> set[str]:
+        """Elements of ``inet TABLE NAME`` as text: ``1.2.3.4``, ``10.0.0.0/8``, ``a-b``.
+
+        With ``missing_ok`` a set that does not exist (yet) reads as empty.
+        """
+        result = self.run("nft", "-j", "list", "set", "inet", table, name, check=False)
+        if result.returncode != 0:
+            if missing_ok and "No such file or directory" in result.stderr:
+                return set()
+            raise HarnessError(f"nft list set {table} {name}: {result.stderr.strip()}")
         out: set[str] = set()
-        for item in self.nft_json("list", "set", "inet", table, name):
+        for item in json.loads(result.stdout)["nftables"]:
             for elem in item.get("set", {}).get("elem", []):
                 if isinstance(elem, str):
                     out.add(elem)
