@@ -312,7 +312,7 @@ class F2bSandbox:
                 opts["logpath"] = self.log_dir / f"{name}.log"
             Path(str(opts["logpath"])).touch()
             sections.append((name, opts))
-        lines = ["# written by tests/harness/fail2ban.py: dummy action only, no firewall"]
+        lines = ["# written by tests/harness/fail2ban.py: the dummy action unless jail_options say"]
         for name, section in sections:
             lines.append(f"\n[{name}]")
             lines.extend(f"{key} = {_ini_value(value)}" for key, value in section.items())
