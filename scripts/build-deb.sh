@@ -39,6 +39,7 @@ for path in ./usr/bin/bangui-daemon ./usr/bin/banguictl \
     ./usr/share/polkit-1/actions/org.bangui.Daemon1.policy \
     ./usr/share/polkit-1/rules.d/50-org.bangui.Daemon1.rules \
     ./usr/lib/systemd/user/bangui-notify.service \
+    ./etc/fail2ban/action.d/bangui-nftset.py \
     ./usr/share/doc/bangui-daemon/examples/gjs/bangui-bans.js \
     ./usr/lib/python3/dist-packages/bangui_daemon/archive/migrations/0001_initial.sql; do
     # dh_compress gzips man pages and docs of 4 kB or more

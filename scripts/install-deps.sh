@@ -19,6 +19,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 PACKAGES=(
     fail2ban sqlite3
+    nftables                     # nft for the bangui-nftset action tests (in a netns)
     dbus-daemon dbus-bin libglib2.0-bin
     systemd                      # busctl, systemd-analyze
     polkitd                      # polkitd, pkaction, pkcheck: the polkit tests' own polkitd

@@ -485,7 +485,13 @@ class DaemonClient:
 
     async def remove_source(self, source_id: int) -> None:
         """RemoveSource (admin): also unbans what only this source listed."""
-        await self.call(IFACE_BLOCKLISTS, "RemoveSource", "u", [source_id])
+        await self.call(
+            IFACE_BLOCKLISTS,
+            "RemoveSource",
+            "u",
+            [source_id],
+            reply_timeout=self.long_timeout,  # unbans a whole list, one address at a time
+        )
 
     async def import_source(self, source_id: int) -> Record:
         """ImportSource (admin): download and apply one source; the run's result."""

@@ -23,7 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -197,6 +197,9 @@ class F2bSandbox:
         bantime: str | int = "1h",
         loglevel: str = "INFO",
         keep: bool = False,
+        jail_options: Mapping[str, Mapping[str, object]] | None = None,
+        action_files: Mapping[str, str | Path] | None = None,
+        command_prefix: Sequence[str] = (),
     ) -> None:
         created = base_dir is None
         self.root = Path(tempfile.mkdtemp(prefix="bgt-f2b-") if created else str(base_dir))
@@ -209,6 +212,12 @@ class F2bSandbox:
         self.extra_jails = {k: dict(v) for k, v in (extra_jails or {}).items()}
         self.bantime = bantime
         self.loglevel = loglevel
+        # options merged over the built-in sshd / blocklist-import sections
+        self.jail_options = {k: dict(v) for k, v in (jail_options or {}).items()}
+        # action.d/NAME -> a file symlinked there (e.g. a Python action from the checkout)
+        self.action_files = {k: Path(v) for k, v in (action_files or {}).items()}
+        # prepended to the server command, e.g. nsenter into a private network namespace
+        self.command_prefix = list(command_prefix)
         self.conf_dir = self.root / "conf"
         self.var_dir = self.root / "var"
         self.log_dir = self.root / "log"
@@ -241,6 +250,10 @@ class F2bSandbox:
         for name in ("common.conf", "sshd.conf"):
             shutil.copyfile(FILTER_DIR / name, self.conf_dir / "filter.d" / name)
         (self.conf_dir / "action.d" / "dummy.conf").write_text(_DUMMY_ACTION)
+        for name, source in self.action_files.items():
+            link = self.conf_dir / "action.d" / name
+            link.unlink(missing_ok=True)
+            link.symlink_to(source.resolve())
         (self.conf_dir / "fail2ban.conf").write_text(
             "[DEFAULT]\n"
             f"loglevel = {self.loglevel}\n"
@@ -290,6 +303,8 @@ class F2bSandbox:
         if self.blocklist_ignoreip is not None:
             blocklist["ignoreip"] = self.blocklist_ignoreip
         sections.append((JAIL_BLOCKLIST, blocklist))
+        for name, section in sections:
+            section.update(self.jail_options.get(name, {}))
         for name, options in self.extra_jails.items():
             opts: dict[str, object] = {"enabled": "true", "filter": ""}
             opts.update(options)
@@ -297,7 +312,7 @@ class F2bSandbox:
                 opts["logpath"] = self.log_dir / f"{name}.log"
             Path(str(opts["logpath"])).touch()
             sections.append((name, opts))
-        lines = ["# written by tests/harness/fail2ban.py: dummy action only, no firewall"]
+        lines = ["# written by tests/harness/fail2ban.py: the dummy action unless jail_options say"]
         for name, section in sections:
             lines.append(f"\n[{name}]")
             lines.extend(f"{key} = {_ini_value(value)}" for key, value in section.items())
@@ -322,6 +337,7 @@ class F2bSandbox:
         with self.server_output.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
+                    *self.command_prefix,
                     server,
                     "-c",
                     str(self.conf_dir),
