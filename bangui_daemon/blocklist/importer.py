@@ -36,7 +36,7 @@ from bangui_daemon.archive.sources_repo import SourceRow, SourcesRepository
 from bangui_daemon.archive.state_repo import get_state, put_state
 from bangui_daemon.blocklist.fetch import FetchError, FetchResult, fetch
 from bangui_daemon.blocklist.parse import ParseResult, parse_blocklist
-from bangui_daemon.blocklist.policy import BanPolicy
+from bangui_daemon.blocklist.safety import SafetyPolicy
 from bangui_daemon.config import BlocklistConfig
 from bangui_daemon.errors import BanguiError, InvalidArgument
 from bangui_daemon.events import EventHub, ImportFinished, ImportProgress, ImportStarted
@@ -92,7 +92,7 @@ class Importer:
         hub: EventHub,
         config: Callable[[], BlocklistConfig],
         fail2ban_timeout: Callable[[], float],
-        host_addresses: Sequence[str],
+        safety: SafetyPolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.sources = SourcesRepository(archive)
@@ -103,7 +103,7 @@ class Importer:
         self._hub = hub
         self._config = config
         self._f2b_timeout = fail2ban_timeout
-        self._host = list(host_addresses)
+        self._safety = safety
         self._clock = clock
         self._running = 0
         self._quiet_until = 0.0
@@ -140,22 +140,12 @@ class Importer:
             parse_blocklist, chunks, min_count=cfg.ipsum_min_count, max_entries=cfg.max_entries
         )
 
-    async def _policy(self, jail: str) -> BanPolicy:
-        cfg = self._config()
-        return BanPolicy(
-            min_prefix_v4=cfg.min_prefix_v4,
-            min_prefix_v6=cfg.min_prefix_v6,
-            allowlist=cfg.allowlist,
-            host_addresses=self._host,
-            ignoreip=await self._client.ignoreip(jail),
-        )
-
     async def preview(self, url: str) -> Preview:
         """A dry run: what an import of `url` would ban and refuse; nothing is stored."""
         jail = self._config().jail
         result = await self._download(url, None)
         parsed = await self._parse(result.chunks)
-        allowed, refused = (await self._policy(jail)).partition(parsed.entries)
+        allowed, refused = (await self._safety.policy(jail)).partition(parsed.entries)
         return Preview(
             entries=len(parsed.entries),
             invalid=parsed.invalid,
@@ -200,7 +190,7 @@ class Importer:
                 return await self._current(source.id)
             fetched = time.monotonic()
             parsed = await self._parse(result.chunks)
-            allowed, refused = (await self._policy(jail)).partition(parsed.entries)
+            allowed, refused = (await self._safety.policy(jail)).partition(parsed.entries)
             checked = time.monotonic()
         except (BanguiError, FetchError) as exc:
             await self.sources.record_outcome(source.id, now, FAILED, 0, error=str(exc))
