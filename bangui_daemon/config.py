@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -122,12 +123,52 @@ def _nonempty_string(value: object) -> str:
     return value
 
 
-def _absolute_path(value: object) -> object:
+def _absolute_path(value: object) -> str:
     path = _nonempty_string(value)
     if not os.path.isabs(path):
         # The daemon runs with cwd "/" under systemd; a relative path is a mistake.
         raise _InvalidError(f"must be an absolute path, got {_show(value)}")
     return path
+
+
+_KERNEL_FILESYSTEMS: Final = ("/proc", "/sys")
+
+
+def _path(kind: Literal["file", "directory", "socket"]) -> Check:
+    """An absolute path that can be what `kind` says, judged by stat() alone.
+
+    Catches, for --check-config and at start alike, what can never work: a parent
+    that is a regular file, a kernel filesystem, an existing path of the wrong kind.
+    Whatever stat() cannot tell (a permission) is left to the daemon, which names
+    the key when the path then fails.
+    """
+
+    def check(value: object) -> object:
+        path = _absolute_path(value)
+        real = os.path.realpath(path)
+        for top in _KERNEL_FILESYSTEMS:
+            if real == top or real.startswith(top + "/"):
+                raise _InvalidError(
+                    f"must not be under {top} (a kernel filesystem), got {_show(value)}"
+                )
+        probe = real
+        while True:
+            try:
+                mode = os.stat(probe).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                probe = os.path.dirname(probe)
+                continue
+            except OSError:
+                return path
+            break
+        if probe != real and not stat.S_ISDIR(mode):
+            raise _InvalidError(f"cannot exist: {_show(probe)} is not a directory")
+        if probe == real and stat.S_ISDIR(mode) != (kind == "directory"):
+            wrong = "is a directory" if kind != "directory" else "is not a directory"
+            raise _InvalidError(f"must name a {kind}, but {_show(value)} {wrong}")
+        return path
+
+    return check
 
 
 def _name(value: object) -> object:
@@ -198,8 +239,8 @@ def _option(default: T, check: Check) -> T:
 class Fail2banConfig:
     """How to reach fail2ban: its control socket and its sqlite database."""
 
-    socket: str = _option("/run/fail2ban/fail2ban.sock", _absolute_path)
-    database: str = _option("/var/lib/fail2ban/fail2ban.sqlite3", _absolute_path)
+    socket: str = _option("/run/fail2ban/fail2ban.sock", _path("socket"))
+    database: str = _option("/var/lib/fail2ban/fail2ban.sqlite3", _path("file"))
     timeout: float = _option(10.0, _positive_number)
 
 
@@ -207,7 +248,7 @@ class Fail2banConfig:
 class ArchiveConfig:
     """The daemon's own history database; retention_days 0 keeps history forever."""
 
-    path: str = _option("/var/lib/bangui/archive.sqlite3", _absolute_path)
+    path: str = _option("/var/lib/bangui/archive.sqlite3", _path("file"))
     retention_days: int = _option(365, _integer(0))
 
 
@@ -242,7 +283,7 @@ class BlocklistConfig:
     min_prefix_v4: int = _option(16, _integer(0, 32))
     min_prefix_v6: int = _option(32, _integer(0, 128))
     allowlist: tuple[str, ...] = _option((), _networks)
-    file_dir: str = _option("/etc/bangui/lists", _absolute_path)
+    file_dir: str = _option("/etc/bangui/lists", _path("directory"))
     ipsum_min_count: int = _option(1, _integer(1))
     batch_size: int = _option(200, _integer(1))
 
@@ -251,8 +292,8 @@ class BlocklistConfig:
 class GeoConfig:
     """MMDB paths, cache retention and the optional (off by default) HTTP fallback."""
 
-    country_db: str = _option("/usr/share/GeoIP/GeoLite2-Country.mmdb", _absolute_path)
-    asn_db: str = _option("/usr/share/GeoIP/GeoLite2-ASN.mmdb", _absolute_path)
+    country_db: str = _option("/usr/share/GeoIP/GeoLite2-Country.mmdb", _path("file"))
+    asn_db: str = _option("/usr/share/GeoIP/GeoLite2-ASN.mmdb", _path("file"))
     retention_days: int = _option(90, _integer(0))
     http_fallback: bool = _option(False, _boolean)
     http_fallback_url: str = _option("http://ip-api.com/batch", _http_url)

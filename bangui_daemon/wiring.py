@@ -20,6 +20,7 @@ from bangui_daemon.blocklist.host import HostAddresses, resolve_hostname
 from bangui_daemon.blocklist.importer import Importer
 from bangui_daemon.blocklist.safety import SafetyPolicy
 from bangui_daemon.config import Config
+from bangui_daemon.errors import ArchiveOpenError, ConfigError
 from bangui_daemon.events import EventHub
 from bangui_daemon.fail2ban.client import Fail2banClient
 from bangui_daemon.geo.http_fallback import HttpGeoFallback
@@ -89,7 +90,10 @@ async def build(
 ) -> Components:
     """Open the archive (migrating it) and build the rest on top of it."""
     cfg = config()
-    archive = await Archive.open(cfg.archive.path, on_migration=on_migration)
+    try:
+        archive = await Archive.open(cfg.archive.path, on_migration=on_migration)
+    except ArchiveOpenError as exc:
+        raise ConfigError(f"archive.path: {exc}") from None
     client = Fail2banClient(cfg.fail2ban.socket, cfg.fail2ban.timeout)
     scheduler = Scheduler(hub, state.task_result)
 
