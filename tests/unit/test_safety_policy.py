@@ -6,11 +6,14 @@ holds then: the jail's ignoreip from fail2ban, the config, the host's addresses.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from dataclasses import replace
 from typing import cast
 
 import pytest
 
+from bangui_daemon.blocklist import safety
 from bangui_daemon.blocklist.host import HostAddresses
 from bangui_daemon.blocklist.safety import SafetyPolicy
 from bangui_daemon.config import BlocklistConfig
@@ -84,6 +87,37 @@ async def test_each_decision_sees_what_holds_now(
     assert await policy.refusal("sshd", "45.95.0.0/24") == "too_wide"
     assert await policy.refusal("sshd", "203.0.113.7") == "documentation"
     assert f2b.asked == 9  # one ignoreip question per decision
+
+
+async def test_host_names_in_ignoreip_protect_what_they_resolve_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fail2ban keeps names in ignoreip as written and resolves them; so does the policy."""
+    f2b, asked = FakeFail2ban(), []
+    f2b.ignore["sshd"] = ["127.0.0.0/8", "office.example", "gone.example", "slow.example"]
+
+    async def resolve(name: str) -> list[str]:
+        asked.append(name)
+        if name == "gone.example":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if name == "slow.example":
+            await asyncio.sleep(0 if fast else 60)
+        known = {"office.example": ["45.94.0.1", "2a01:4f8:94::1"], "slow.example": ["45.93.0.1"]}
+        return known.get(name, [])
+
+    policy = SafetyPolicy(BlocklistConfig, cast(Fail2banClient, f2b), FakeHost(), resolve)
+    fast = True
+    assert await policy.refusal("sshd", "45.94.0.1") == "ignoreip"
+    assert await policy.refusal("sshd", "2a01:4f8:94::1") == "ignoreip"
+    assert await policy.refusal("sshd", "45.93.0.1") == "ignoreip"
+    assert await policy.refusal("sshd", "45.94.0.2") is None
+    assert sorted(set(asked)) == ["gone.example", "office.example", "slow.example"]
+    # A name whose lookup hangs costs RESOLVE_TIMEOUT and protects nothing; the others
+    # still do.
+    monkeypatch.setattr(safety, "RESOLVE_TIMEOUT", 0.05)
+    fast = False
+    assert await policy.refusal("sshd", "45.93.0.1") is None
+    assert await policy.refusal("sshd", "45.94.0.1") == "ignoreip"
 
 
 async def test_banip_refuses_the_jails_ignoreip_and_leaves_fail2ban_alone(
