@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
+import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -283,3 +287,28 @@ def test_netlink_parser_rejects_errors_and_truncation() -> None:
         _parse_addr_dump(error, set())
     with pytest.raises(OSError, match="truncated"):
         _parse_addr_dump(struct.pack("=IHHII", 64, 20, 0, 1, 0), set())
+
+
+def test_ipv6_host_addresses_are_seen_where_the_unit_hides_proc_net() -> None:
+    """The unit's ProcSubset=pid hides /proc/net: netlink still lists IPv6 addresses
+    (SIOCGIFCONF, the old fallback there, knows IPv4 only)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for a private /proc mount")
+    script = (
+        "mount -t proc -o subset=pid proc /proc && test ! -e /proc/net && "
+        f'exec {sys.executable} -c "from bangui_daemon.blocklist.host import HostAddresses; '
+        'print(*HostAddresses(set()).current())"'
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--pid", "--fork", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    if result.returncode != 0 and "mount" in result.stderr:
+        pytest.skip(f"cannot mount a private /proc here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) == set(normalised(netlink_addresses()))
+    assert "::1" in result.stdout.split()
