@@ -151,7 +151,7 @@ def resolve_hostname() -> set[str]:
     return found
 
 
-def interface_addresses(proc_net: str = "/proc/net") -> set[str]:
+def interface_addresses() -> set[str]:
     """The addresses on this namespace's interfaces now; never raises.
 
     Netlink first; /proc/net and SIOCGIFCONF only when netlink is refused.
@@ -159,21 +159,13 @@ def interface_addresses(proc_net: str = "/proc/net") -> set[str]:
     try:
         return netlink_addresses()
     except OSError:
-        return _fallback_addresses(proc_net)
+        return _fallback_addresses("/proc/net")
 
 
 def normalised(addresses: set[str]) -> list[str]:
     """Canonical text of each parseable address (zones dropped), IPv4 first, sorted."""
     keys = {key for text in addresses if (key := entry_key(unscoped(text))) is not None}
     return [key_to_text(k) for k in sorted(keys, key=lambda k: (len(k) > 5, k))]
-
-
-def host_addresses(proc_net: str = "/proc/net") -> list[str]:
-    """This host's addresses: its interfaces' and its name's; never raises.
-
-    Resolves the host name (may wait on DNS): call it off the event loop.
-    """
-    return normalised(interface_addresses(proc_net) | resolve_hostname())
 
 
 class HostAddresses:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from bangui_daemon.blocklist.host import host_addresses
+from bangui_daemon.blocklist.host import HostAddresses
 from tests.harness.daemon import DaemonProcess
 from tests.harness.fail2ban import F2bSandbox
 from tests.harness.util import REPO_ROOT, wait_until
@@ -255,7 +255,7 @@ def test_not_modified_answer_is_unchanged_without_download(
 
 # ------------------------------------------------------------------- refusals
 def _own_address() -> str:
-    own: list[str] = [a for a in host_addresses() if a not in ("127.0.0.1", "::1")]
+    own = [a for a in HostAddresses(set()).current() if a not in ("127.0.0.1", "::1")]
     assert own, "the host has no address besides loopback"
     return own[0]
 

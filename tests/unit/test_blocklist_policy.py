@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from bangui_daemon.blocklist import host
 from bangui_daemon.blocklist.host import (
+    HostAddresses,
     _fallback_addresses,
     _ioctl_ipv4,
     _parse_addr_dump,
     _parse_fib_trie,
     _parse_if_inet6,
-    host_addresses,
     netlink_addresses,
     normalised,
 )
@@ -278,7 +279,7 @@ def test_proc_fallback_reads_proc_net(tmp_path: Path) -> None:
 def test_netlink_sees_what_proc_net_lists() -> None:
     """The two readers agree on this host (netlink is what runs under the unit)."""
     assert normalised(netlink_addresses()) == normalised(_fallback_addresses("/proc/net"))
-    assert {"127.0.0.1", "::1"} <= set(host_addresses())
+    assert {"127.0.0.1", "::1"} <= set(HostAddresses(set()).current())
 
 
 def test_netlink_parser_rejects_errors_and_truncation() -> None:
@@ -312,3 +313,15 @@ def test_ipv6_host_addresses_are_seen_where_the_unit_hides_proc_net() -> None:
     assert result.returncode == 0, result.stderr
     assert set(result.stdout.split()) == set(normalised(netlink_addresses()))
     assert "::1" in result.stdout.split()
+
+
+def test_without_netlink_the_proc_fallback_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit that forbids AF_NETLINK still protects what /proc/net and SIOCGIFCONF show."""
+
+    def refused() -> set[str]:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(host, "netlink_addresses", refused)
+    expected = normalised(_fallback_addresses("/proc/net") | {"45.33.99.1"})
+    assert HostAddresses({"45.33.99.1"}).current() == expected
+    assert "127.0.0.1" in expected
