@@ -24,6 +24,7 @@ from bangui_daemon.dbus.server import DbusServer
 from bangui_daemon.errors import BanguiError, ConfigError
 from bangui_daemon.events import EventHub
 from bangui_daemon.logging import configure_logging
+from bangui_daemon.metrics.exposition import MetricsServer
 from bangui_daemon.notify import Notifier
 from bangui_daemon.services.state import RUNNING, STOPPING, DaemonState
 from bangui_daemon.services.status import StatusService
@@ -95,6 +96,14 @@ class Daemon:
         # One bounded refresh first, so READY comes with a true State and jail list.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(parts.bans.refresh(), cfg.fail2ban.timeout)
+        metrics_server = None
+        if cfg.metrics.listen:
+            metrics_server = MetricsServer(cfg.metrics.listen, parts.metrics.families)
+            try:
+                await metrics_server.start()
+            except OSError as exc:  # a taken port must not take the daemon down
+                log.error("metrics_listen_failed", listen=cfg.metrics.listen, error=str(exc))
+                metrics_server = None
         parts.scheduler.start()
         self.state.set_phase(RUNNING)
         self.notifier.ready(f"serving {BUS_NAME}")
@@ -121,6 +130,9 @@ class Daemon:
             await asyncio.wait_for(parts.scheduler.stop(), STOP_BUDGET / 2)
         except TimeoutError:
             log.warning("tasks_not_stopped_in_time")
+        if metrics_server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(metrics_server.stop(), STOP_BUDGET / 8)
         await server.stop(STOP_BUDGET / 4, connected)
         exit_code = 0 if connected else 1
         log.info("daemon_stopped", exit_code=exit_code)
@@ -162,6 +174,7 @@ class Daemon:
                 ("fail2ban", self.config.fail2ban, new.fail2ban),
                 ("archive.path", self.config.archive.path, new.archive.path),
                 ("dbus.bus", self.config.dbus.bus, new.dbus.bus),
+                ("metrics.listen", self.config.metrics.listen, new.metrics.listen),
                 # the MMDB readers and the HTTP fallback are built once at start
                 (
                     "geo",
@@ -178,6 +191,7 @@ class Daemon:
                 fail2ban=self.config.fail2ban,
                 archive=replace(new.archive, path=self.config.archive.path),
                 dbus=replace(new.dbus, bus=self.config.dbus.bus),
+                metrics=replace(new.metrics, listen=self.config.metrics.listen),
                 geo=replace(self.config.geo, retention_days=new.geo.retention_days),
             )
         configure_logging(new.log.level, new.log.format)

@@ -31,16 +31,19 @@ __all__ = [
     "ArchiveConfig",
     "BlocklistConfig",
     "Config",
+    "CrowdsecConfig",
     "DbusConfig",
     "Fail2banConfig",
     "GeoConfig",
     "LogConfig",
     "LogFormat",
     "LogLevel",
+    "MetricsConfig",
     "TasksConfig",
     "dump_config",
     "load_config",
     "parse_config",
+    "split_listen",
 ]
 
 DEFAULT_CONFIG_PATH: Final = "/etc/bangui/bangui.toml"
@@ -230,6 +233,55 @@ def _networks(value: object) -> object:
     return tuple(result)
 
 
+def split_listen(listen: str) -> tuple[str, int]:
+    """ "HOST:PORT" or "[V6]:PORT" -> (host, port); ValueError saying what is wrong."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError('must be "HOST:PORT", e.g. "127.0.0.1:9191"')
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be from 1 to 65535, got {port}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError('an IPv6 address must be in brackets, e.g. "[::1]:9191"')
+    return host, port
+
+
+def _listen_or_empty(value: object) -> object:
+    if value == "":
+        return value
+    text = _nonempty_string(value)
+    try:
+        split_listen(text)
+    except ValueError as exc:
+        raise _InvalidError(f"{exc}, got {_show(value)}") from None
+    return text
+
+
+def _path_or_empty(kind: Literal["file", "directory", "socket"]) -> Check:
+    check = _path(kind)
+    return lambda value: value if value == "" else check(value)
+
+
+def _http_url_or_empty(value: object) -> object:
+    return value if value == "" else _http_url(value)
+
+
+def _names(value: object) -> object:
+    if not isinstance(value, list | tuple):
+        raise _InvalidError(f"must be a list of jail names, got {_show(value)}")
+    problems = []
+    for index, item in enumerate(value):
+        try:
+            _name(item)
+        except _InvalidError as exc:
+            problems.append(f"[{index}] {exc}")
+    if problems:
+        raise _InvalidError("; ".join(problems))
+    return tuple(dict.fromkeys(value))
+
+
 def _option(default: T, check: Check) -> T:
     """Declare a config key: its default and the check its TOML value must pass."""
     return field(default=default, metadata={_CHECK: check})
@@ -301,6 +353,58 @@ class GeoConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class MetricsConfig:
+    """Prometheus metrics: a /metrics listener and a node_exporter textfile; "" = off."""
+
+    listen: str = _option("", _listen_or_empty)
+    textfile: str = _option("", _path_or_empty("file"))
+    textfile_interval: float = _option(60, _positive_number)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen or self.textfile)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CrowdsecConfig:
+    """A CrowdSec Local API: pull its decisions (a bouncer), push our bans (a machine)."""
+
+    lapi_url: str = _option("", _http_url_or_empty)
+    bouncer_key_file: str = _option("", _path_or_empty("file"))
+    pull_interval: float = _option(10, _positive_number)
+    machine_id: str = _option("", lambda v: v if v == "" else _name(v))
+    machine_password_file: str = _option("", _path_or_empty("file"))
+    push_jails: tuple[str, ...] = _option((), _names)
+
+    @property
+    def pull(self) -> bool:
+        return bool(self.lapi_url and self.bouncer_key_file)
+
+    @property
+    def push(self) -> bool:
+        return bool(self.lapi_url and self.machine_id and self.machine_password_file)
+
+    def problems(self, blocklist_jail: str) -> list[str]:
+        """What the keys say together that no single key shows."""
+        out = []
+        if self.lapi_url and not (self.bouncer_key_file or self.machine_id):
+            out.append(
+                "crowdsec.lapi_url: set bouncer_key_file (pull), or machine_id and "
+                "machine_password_file (push), or both"
+            )
+        if bool(self.machine_id) != bool(self.machine_password_file):
+            out.append("crowdsec.machine_id: needs machine_password_file too (and the reverse)")
+        if (self.bouncer_key_file or self.machine_id) and not self.lapi_url:
+            out.append("crowdsec.lapi_url: must be set when credentials are given")
+        if blocklist_jail in self.push_jails:
+            out.append(
+                f"crowdsec.push_jails: must not name the blocklist jail {blocklist_jail!r} "
+                "(pulled decisions would be pushed back)"
+            )
+        return out
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LogConfig:
     """Log threshold and renderer ("auto" picks console, logfmt or JSON)."""
 
@@ -319,6 +423,8 @@ class Config:
     tasks: TasksConfig = field(default_factory=TasksConfig)
     blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
     geo: GeoConfig = field(default_factory=GeoConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    crowdsec: CrowdsecConfig = field(default_factory=CrowdsecConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -330,6 +436,8 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "tasks": TasksConfig,
     "blocklist": BlocklistConfig,
     "geo": GeoConfig,
+    "metrics": MetricsConfig,
+    "crowdsec": CrowdsecConfig,
     "log": LogConfig,
 }
 
@@ -364,6 +472,9 @@ def parse_config(data: Mapping[str, object]) -> Config:
             except _InvalidError as exc:
                 problems.append(f"{name}.{key}: {exc}")
         sections[name] = cls(**values)
+    if not problems:
+        crowdsec = cast(CrowdsecConfig, sections["crowdsec"])
+        problems.extend(crowdsec.problems(cast(BlocklistConfig, sections["blocklist"]).jail))
     if problems:
         raise ConfigError("\n".join(problems))
     return Config(**cast(dict[str, Any], sections))

@@ -20,6 +20,7 @@ from bangui_daemon.blocklist.host import HostAddresses, resolve_hostname
 from bangui_daemon.blocklist.importer import Importer
 from bangui_daemon.blocklist.safety import SafetyPolicy
 from bangui_daemon.config import Config
+from bangui_daemon.crowdsec.lapi import LapiClient
 from bangui_daemon.errors import ArchiveOpenError, ConfigError
 from bangui_daemon.events import EventHub
 from bangui_daemon.fail2ban.client import Fail2banClient
@@ -27,9 +28,12 @@ from bangui_daemon.geo.http_fallback import HttpGeoFallback
 from bangui_daemon.geo.lookup import MmdbResolver
 from bangui_daemon.services.bans import BanService
 from bangui_daemon.services.blocklists import BlocklistService
+from bangui_daemon.services.crowdsec import SOURCE as CROWDSEC_SOURCE
+from bangui_daemon.services.crowdsec import CrowdsecBridge
 from bangui_daemon.services.fail2ban_setup import Fail2banSetupCheck
 from bangui_daemon.services.geo import GeoService
 from bangui_daemon.services.history import HistoryService
+from bangui_daemon.services.metrics import MetricsService, TaskStat
 from bangui_daemon.services.state import DaemonState
 from bangui_daemon.services.status import StatusService
 from bangui_daemon.tasks import (
@@ -39,13 +43,16 @@ from bangui_daemon.tasks import (
     geo_resolve,
     history_purge,
     history_sync,
+    metrics,
 )
-from bangui_daemon.tasks.ban_watch import BanWatch
+from bangui_daemon.tasks.ban_watch import BanWatch, DiffListener
 from bangui_daemon.tasks.blocklist_import import BlocklistImport
+from bangui_daemon.tasks.crowdsec import PULL, PUSH, PUSH_INTERVAL, CrowdsecPull, CrowdsecPush
 from bangui_daemon.tasks.geo_cache_cleanup import GeoCacheCleanup
 from bangui_daemon.tasks.geo_resolve import GeoResolve
 from bangui_daemon.tasks.history_purge import HistoryPurge
 from bangui_daemon.tasks.history_sync import HistorySync
+from bangui_daemon.tasks.metrics import MetricsRefresh
 from bangui_daemon.tasks.scheduler import Scheduler
 
 GEO_RECENT = 7 * 86400  # archived addresses younger than this are kept resolved
@@ -66,11 +73,15 @@ class Components:
     geo: GeoService
     resolver: MmdbResolver
     fallback: HttpGeoFallback | None
+    metrics: MetricsService
+    crowdsec: CrowdsecBridge | None
 
     async def close(self) -> None:
         """Persist what is pending and release files and sockets (after the tasks stop)."""
         with contextlib.suppress(Exception):
             await self.geo.flush()
+        if self.crowdsec is not None:
+            await self.crowdsec.close()
         if self.fallback is not None:
             await self.fallback.close()
         self.resolver.close()
@@ -151,10 +162,20 @@ async def build(
         since = int(time.time()) - GEO_RECENT
         return bans.banned_ips() + await events.distinct_ips_since(since, GEO_RECENT_LIMIT)
 
+    listeners: list[DiffListener] = [history.record_diff, Fail2banSetupCheck(client, config)]
+    crowdsec = None
+    if cfg.crowdsec.lapi_url:
+        crowdsec = CrowdsecBridge(
+            LapiClient(cfg.crowdsec.lapi_url, cfg.blocklist.timeout),
+            lambda: config().crowdsec,
+            blocklists,
+            lambda: config().blocklist.jail,
+        )
+        listeners.append(crowdsec.on_diff)
     watch = BanWatch(
         bans,
         hub,
-        [history.record_diff, Fail2banSetupCheck(client, config)],
+        listeners,
         quiet_jail=importer.quiet_jail,
         busy_jail=importer.busy_jail,
     )
@@ -176,6 +197,43 @@ async def build(
     )
     cleanup = GeoCacheCleanup(geo, lambda: config().geo.retention_days)
     scheduler.add(geo_cache_cleanup.NAME, tasks.geo_cache_cleanup, cleanup.run, timeout=3600)
+
+    def task_stats() -> list[TaskStat]:
+        return [
+            TaskStat(j.name, j.runs, j.failures, j.running, j.last_duration)
+            for j in scheduler.info()
+        ]
+
+    metrics_service = MetricsService(
+        state, bans, geo, client, events.lifetime_totals, blocklists.list_sources, task_stats
+    )
+    hub.subscribe(metrics_service.on_event)
+    if cfg.metrics.enabled:
+        refresh = MetricsRefresh(metrics_service, lambda: config().metrics.textfile)
+        scheduler.add(
+            metrics.NAME, cfg.metrics.textfile_interval, refresh.run, timeout=600, quiet=True
+        )
+    if crowdsec is None:
+        await blocklists.remove_orphan_feed(CROWDSEC_SOURCE)
+    else:
+        if cfg.crowdsec.pull:
+            await crowdsec.start()
+            scheduler.add(
+                PULL, cfg.crowdsec.pull_interval, CrowdsecPull(crowdsec).run, timeout=6 * 3600
+            )
+        if cfg.crowdsec.push:
+            scheduler.add(PUSH, PUSH_INTERVAL, CrowdsecPush(crowdsec).run, timeout=300, quiet=True)
     return Components(
-        archive, client, scheduler, bans, status, history, blocklists, geo, resolver, fallback
+        archive,
+        client,
+        scheduler,
+        bans,
+        status,
+        history,
+        blocklists,
+        geo,
+        resolver,
+        fallback,
+        metrics_service,
+        crowdsec,
     )

@@ -22,8 +22,10 @@ PACKAGES=(
     systemd                      # busctl, systemd-analyze
     python3 python3-venv
     python3-dbus-fast python3-aiosqlite python3-aiohttp python3-geoip2 python3-maxminddb
-    python3-structlog python3-sdnotify
+    python3-structlog python3-sdnotify python3-prometheus-client
+    crowdsec                     # a real Local API for the CrowdSec bridge tests (offline)
     python3-pytest python3-pytest-asyncio
+    gjs gir1.2-glib-2.0 dunst xvfb   # desktop tests: a GLib client, a notification server
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
@@ -90,6 +92,14 @@ install_packages() {
         log "apt-get update failed (attempt $attempt); retrying"
         sleep 10
     done
+    if printf '%s\n' "${missing[@]}" | grep -qx crowdsec \
+        && [ ! -e /etc/crowdsec/online_api_credentials.yaml ]; then
+        # An existing (comment-only) file keeps crowdsec's postinst from registering
+        # with the Central API: the tests run its Local API offline, on loopback.
+        mkdir -p /etc/crowdsec
+        printf '# bangui install-deps: no Central API on this machine\n' \
+            >/etc/crowdsec/online_api_credentials.yaml
+    fi
     "${apt[@]}" install --no-install-recommends "${missing[@]}" </dev/null
 
     local after pid

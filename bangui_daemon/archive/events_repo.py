@@ -205,6 +205,13 @@ class EventsRepository:
     def added(self, n: int) -> None:
         self.count += n
 
+    async def lifetime_totals(self) -> list[tuple[str, str, str, int]]:
+        """(jail, action, origin, events) ever archived; purges do not lower them."""
+        rows = await self._archive.fetchall(
+            "SELECT jail, action, origin, events FROM ban_event_totals ORDER BY 1, 2, 3"
+        )
+        return [(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
+
     async def record_live(self, events: Sequence[LiveEvent]) -> int:
         """Archive events seen live, in one transaction; return how many were new."""
         if not events:

@@ -111,6 +111,15 @@ class Importer:
         # reads the other sources' listings, which an overlapping import has not stored yet.
         self._apply_lock = asyncio.Lock()
 
+    async def feed_source_id(self, name: str) -> int | None:
+        """The id of the source that feeds `name` (see BlocklistService.register_feed)."""
+        value = await get_state(self._archive, _feed_key(name))
+        return int(value) if value is not None and value.isdigit() else None
+
+    async def set_feed_source_id(self, name: str, source_id: int) -> None:
+        async with self._archive.write() as conn:
+            await put_state(conn, _feed_key(name), str(source_id))
+
     def busy_jail(self) -> str | None:
         """The jail an import is banning into right now (its list is in flux)."""
         return self._config().jail if self._running else None
@@ -156,23 +165,33 @@ class Importer:
 
     # ---- import -------------------------------------------------------------
 
-    async def import_source(self, source: SourceRow) -> ImportOutcome:
-        """Import one source; never raises for a bad list, returns "failed" instead."""
+    async def import_source(
+        self, source: SourceRow, content: Sequence[bytes] | None = None
+    ) -> ImportOutcome:
+        """Import one source; never raises for a bad list, returns "failed" instead.
+
+        `content` replaces the download for a source fed from inside the daemon.
+        """
         self._running += 1
         try:
-            return await self._import(source)
+            return await self._import(source, content)
         finally:
             self._running -= 1
             self._quiet_until = self._clock() + 5.0
 
-    async def _import(self, source: SourceRow) -> ImportOutcome:
+    async def _import(self, source: SourceRow, content: Sequence[bytes] | None) -> ImportOutcome:
         now = int(self._clock())
         jail = self._config().jail
         log_ = log.bind(source_id=source.id, source=source.name)
         try:
             if jail not in await self._client.jails():
                 raise InvalidArgument(f"the blocklist jail {jail!r} is not configured in fail2ban")
-            result = await self._download(source.url, source)
+            if content is None:
+                result = await self._download(source.url, source)
+            else:
+                chunks = tuple(content)
+                size = sum(len(c) for c in chunks)
+                result = FetchResult(False, chunks, size, None, None, source.url)
             raw_hash = _raw_hash(result.chunks)
             if result.not_modified or raw_hash == await get_state(
                 self._archive, _raw_key(source.id)
@@ -389,6 +408,11 @@ def _raw_hash(chunks: Sequence[bytes]) -> str:
 def _raw_key(source_id: int) -> str:
     """daemon_state key of the hash of the downloaded bytes behind the listing."""
     return f"blocklist.raw_hash.{source_id}"
+
+
+def _feed_key(name: str) -> str:
+    """daemon_state key of the source id a feed (crowdsec) owns."""
+    return f"blocklist.feed.{name}"
 
 
 def _listed_key(source_id: int) -> str:

@@ -28,6 +28,8 @@ from bangui_daemon.cli.ctl_core import (
     cmd_unban,
 )
 from bangui_daemon.cli.ctl_history import cmd_history, cmd_ip, cmd_lookup, cmd_timeline, cmd_top
+from bangui_daemon.cli.ctl_notify import cmd_notify
+from bangui_daemon.cli.ctl_panel import cmd_panel
 from bangui_daemon.cli.ctl_watch import cmd_watch
 from bangui_daemon.dbus.client import (
     DaemonClient,
@@ -53,6 +55,18 @@ COMMANDS: Final[dict[str, Callable[[Context], Awaitable[int]]]] = {
     "runs": cmd_runs,
     "lookup": cmd_lookup,
 }
+SELF_CONNECTING: Final[dict[str, Callable[[Context], Awaitable[int]]]] = {
+    "notify": cmd_notify,
+    "panel": cmd_panel,
+}
+"""Long-running commands that connect (and reconnect) by themselves: a bus or a daemon
+that is away is a state they show, not an error to exit on."""
+
+
+def self_connecting(args: argparse.Namespace) -> Callable[[Context], Awaitable[int]] | None:
+    if args.command == "watch" and getattr(args, "format", "lines") != "lines":
+        return SELF_CONNECTING["panel"]
+    return SELF_CONNECTING.get(args.command)
 
 
 # --- entry points ---------------------------------------------------------------------------
@@ -83,6 +97,9 @@ async def run(
         bar_char="█" if utf8 else "#",
         progress=err.isatty(),
     )
+    command = self_connecting(args)
+    if command is not None:
+        return await command(ctx)
     try:
         await client.connect(args.bus)
     except DaemonError as error:

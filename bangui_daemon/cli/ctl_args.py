@@ -12,6 +12,7 @@ from datetime import datetime
 from bangui_daemon import __version__
 from bangui_daemon.cli import render
 from bangui_daemon.cli.ctl_context import PROG, TOP_DIMENSIONS, WATCH_MEMBERS
+from bangui_daemon.cli.ctl_panel import PANEL_FORMATS
 
 
 # --- argument types (pure; argparse turns their errors into exit code 2) --------------
@@ -164,6 +165,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="MEMBER[,MEMBER]",
         help=f"only these signals: {', '.join(WATCH_MEMBERS)}",
+    )
+    p.add_argument(
+        "--format",
+        choices=("lines", *PANEL_FORMATS),
+        default="lines",
+        help="lines: one line per signal; waybar, polybar, i3blocks: a live status line "
+        "for that panel bar, printed on every change, 'offline' while the daemon is away",
+    )
+
+    p = add("notify", "desktop notifications of new bans (run it in your desktop session)")
+    p.add_argument(
+        "--session-bus",
+        default="session",
+        metavar="ADDRESS",
+        help="where the notification server is (default: the session bus)",
+    )
+    p.add_argument(
+        "--interval",
+        type=_float_arg,
+        default=2.0,
+        metavar="SECONDS",
+        help="at most one notification per this many seconds; later bans update it",
     )
 
     p = add("history", "archived ban events, newest first")

@@ -44,10 +44,17 @@ LONG_TIMEOUT: Final = 900.0
 """Seconds for RunTask and imports, which download and ban in batches before replying."""
 
 MATCH_RULE: Final = f"type='signal',sender='{BUS_NAME}',path='{OBJECT_PATH}'"
+DBUS_NAME: Final = "org.freedesktop.DBus"
+OWNER_MATCH_RULE: Final = (
+    f"type='signal',sender='{DBUS_NAME}',interface='{DBUS_NAME}',"
+    f"member='NameOwnerChanged',arg0='{BUS_NAME}'"
+)
 
 Record = dict[str, object]
 SignalCallback = Callable[[str, str, list[object]], None]
 """Called as `callback(interface, member, args)` with args already unwrapped."""
+OwnerCallback = Callable[[bool], None]
+"""Called as `callback(present)` when `org.bangui.Daemon1` gains or loses its owner."""
 
 
 class DaemonError(BanguiError):
@@ -162,6 +169,7 @@ class DaemonClient:
         self._bus: MessageBus | None = None
         self._address_label = "the system bus"
         self._callbacks: list[SignalCallback] = []
+        self._owner_callbacks: list[OwnerCallback] = []
         self._match_added = False
 
     # --- connection -------------------------------------------------------------
@@ -315,11 +323,11 @@ class DaemonClient:
 
     async def _bus_call1(self, member: str, signature: str, body: Sequence[object]) -> object:
         out = await self.call(
-            "org.freedesktop.DBus",
+            DBUS_NAME,
             member,
             signature,
             body,
-            destination="org.freedesktop.DBus",
+            destination=DBUS_NAME,
             path="/org/freedesktop/DBus",
         )
         return out[0] if out else None
@@ -361,8 +369,30 @@ class DaemonClient:
                 path="/org/freedesktop/DBus",
             )
 
+    async def watch_owner(self, callback: OwnerCallback) -> None:
+        """Call `callback(present)` whenever the daemon joins or leaves the bus.
+
+        A panel or a notification agent shows "offline" at once this way, instead of
+        finding out at its next call.
+        """
+        if self._bus is None:
+            raise DaemonError(ERROR_DISCONNECTED, "not connected (call connect() first)")
+        if not self._owner_callbacks:
+            await self._bus_call1("AddMatch", "s", [OWNER_MATCH_RULE])
+        self._owner_callbacks.append(callback)
+
     def _on_message(self, msg: Message) -> bool | None:
         """Route the daemon's signals to subscribers; never claims the message."""
+        if (
+            msg.message_type is MessageType.SIGNAL
+            and msg.member == "NameOwnerChanged"
+            and msg.sender == DBUS_NAME
+            and len(msg.body) == 3
+            and msg.body[0] == BUS_NAME
+        ):
+            for owner_callback in list(self._owner_callbacks):
+                owner_callback(bool(msg.body[2]))
+            return None
         if (
             msg.message_type is MessageType.SIGNAL
             and msg.path == OBJECT_PATH

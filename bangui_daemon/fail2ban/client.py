@@ -42,6 +42,15 @@ class JailCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class JailSettings:
+    """A jail's ban policy: seconds banned (-1 = for ever), seconds counted, failures."""
+
+    bantime: int
+    findtime: int
+    maxretry: int
+
+
+@dataclass(frozen=True, slots=True)
 class BanEntry:
     """One active ban; `bantime` is in seconds, -1 means permanent."""
 
@@ -319,3 +328,11 @@ class Fail2banClient:
         if value is not None and not isinstance(value, str):
             raise Fail2banProtocolError("fail2ban dbfile reply is not a string")
         return value
+
+    async def jail_settings(self, jail: str) -> JailSettings:
+        """bantime, findtime and maxretry of a jail (three short commands)."""
+        values = [
+            protocol.parse_int(await self.call("get", jail, key), key)
+            for key in ("bantime", "findtime", "maxretry")
+        ]
+        return JailSettings(*values)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import structlog
 
 from bangui_daemon.archive.import_runs_repo import RunRow
 from bangui_daemon.archive.sources_repo import DuplicateName, SourceRow
-from bangui_daemon.blocklist.importer import Importer, ImportOutcome, Preview
+from bangui_daemon.blocklist.importer import FAILED, Importer, ImportOutcome, Preview
 from bangui_daemon.errors import InvalidArgument, NotFound
 
 log = structlog.get_logger(__name__)
@@ -21,6 +21,9 @@ MAX_URL = 2048
 MAX_PAGE_SIZE = 1000
 SCHEMES = ("http", "https", "file")
 TypedValue = tuple[str, object]  # (D-Bus signature, value)
+Feed = Callable[[], Sequence[bytes] | None]
+"""The current content of a source fed by another part of the daemon (CrowdSec);
+None until the feed knows it (an empty content would unban everything it listed)."""
 
 
 def check_name(name: str) -> str:
@@ -52,6 +55,51 @@ class BlocklistService:
         self._runs = importer.runs
         self._clock = clock
         self._running: dict[int, asyncio.Task[ImportOutcome]] = {}
+        self._feeds: dict[str, Feed] = {}  # source name -> its content
+
+    async def register_feed(self, name: str, url: str, content: Feed) -> int:
+        """Make the source `name` (created when missing) take its content from `content`.
+
+        A feed is managed by its section of the config: D-Bus callers cannot rename,
+        repoint or remove it, and its imports never download anything. An admin's own
+        source of that name is never taken over.
+        """
+        owned = await self._importer.feed_source_id(name)
+        for source in await self._sources.all():
+            if source.name == name and source.id != owned:
+                raise InvalidArgument(
+                    f"a source named {name!r} exists already; rename it to use [{name}]"
+                )
+        self._feeds[name] = content
+        if owned is not None and await self._sources.get(owned) is not None:
+            await self._sources.update(owned, name, url, True)
+            return owned
+        source_id = await self._sources.add(name, url, True, int(self._clock()))
+        await self._importer.set_feed_source_id(name, source_id)
+        log.info("blocklist_source_added", source_id=source_id, name=name, feed=True)
+        return source_id
+
+    async def import_feed(self, name: str) -> ImportOutcome:
+        source_id = await self._importer.feed_source_id(name)
+        if source_id is None or name not in self._feeds:
+            raise NotFound(f"there is no blocklist feed named {name!r}")
+        return await self.import_source(source_id)
+
+    async def remove_orphan_feed(self, name: str) -> None:
+        """Remove the source of a feed whose config section is gone (unbans what only it
+        listed), so turning CrowdSec off leaves none of its bans behind."""
+        owned = await self._importer.feed_source_id(name)
+        source = None if owned is None else await self._sources.get(owned)
+        if source is not None and name not in self._feeds:
+            await self._importer.remove_source(source)
+            log.info("blocklist_feed_removed", source_id=source.id, name=name)
+
+    def _refuse_feed(self, source: SourceRow) -> None:
+        if source.name in self._feeds:
+            raise InvalidArgument(
+                f"the source {source.name!r} is managed by the [{source.name}] section of the "
+                "config; change it there"
+            )
 
     async def list_sources(self) -> list[SourceRow]:
         return await self._sources.all()
@@ -64,6 +112,8 @@ class BlocklistService:
 
     async def add_source(self, name: str, url: str, enabled: bool) -> int:
         name, url = check_name(name), check_url(url)
+        if name in self._feeds:
+            raise InvalidArgument(f"the source name {name!r} is reserved for its config section")
         try:
             source_id = await self._sources.add(name, url, enabled, int(self._clock()))
         except DuplicateName:
@@ -73,6 +123,7 @@ class BlocklistService:
 
     async def update_source(self, source_id: int, changes: Mapping[str, TypedValue]) -> None:
         source = await self._get(source_id)
+        self._refuse_feed(source)
         expected = {"name": "s", "url": "s", "enabled": "b"}
         for key, (signature, _value) in changes.items():
             if key not in expected:
@@ -80,6 +131,8 @@ class BlocklistService:
             if signature != expected[key]:
                 raise InvalidArgument(f"{key} must have type {expected[key]}, got {signature}")
         name = check_name(str(changes["name"][1])) if "name" in changes else source.name
+        if name in self._feeds:
+            raise InvalidArgument(f"the source name {name!r} is reserved for its config section")
         url = check_url(str(changes["url"][1])) if "url" in changes else source.url
         enabled = bool(changes["enabled"][1]) if "enabled" in changes else source.enabled
         try:
@@ -89,6 +142,7 @@ class BlocklistService:
 
     async def remove_source(self, source_id: int) -> int:
         source = await self._get(source_id)
+        self._refuse_feed(source)
         running = self._running.get(source_id)
         if running is not None:
             await asyncio.shield(running)
@@ -105,7 +159,13 @@ class BlocklistService:
         if running is not None:
             log.info("blocklist_import_lost_race", source_id=source_id)
             return await asyncio.shield(running)
-        task = asyncio.create_task(self._importer.import_source(source), name=f"import-{source_id}")
+        feed = self._feeds.get(source.name)
+        content = None if feed is None else feed()
+        if feed is not None and content is None:
+            return ImportOutcome(FAILED, error=f"{source.name}: nothing received yet")
+        task = asyncio.create_task(
+            self._importer.import_source(source, content), name=f"import-{source_id}"
+        )
         self._running[source_id] = task
         task.add_done_callback(lambda _t: self._running.pop(source_id, None))
         return await asyncio.shield(task)
@@ -115,7 +175,7 @@ class BlocklistService:
         return [
             (source.id, await self.import_source(source.id))
             for source in await self._sources.all()
-            if source.enabled
+            if source.enabled and source.name not in self._feeds  # feeds import themselves
         ]
 
     async def preview(self, url: str) -> Preview:

@@ -44,6 +44,7 @@ class Job:
     next_run: float = 0.0
     runs: int = 0
     failures: int = 0
+    last_duration: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     current: asyncio.Task[TaskResult] | None = None
 
@@ -58,6 +59,7 @@ class JobInfo:
     next_run: int
     runs: int
     failures: int
+    last_duration: float = 0.0
 
 
 class Scheduler:
@@ -126,6 +128,7 @@ class Scheduler:
                 next_run=int(j.next_run),
                 runs=j.runs,
                 failures=j.failures,
+                last_duration=j.last_duration,
             )
             for j in self._jobs.values()
         ]
@@ -189,6 +192,7 @@ class Scheduler:
         if status != OK:
             job.failures += 1
         elapsed = time.monotonic() - started
+        job.last_duration = elapsed
         job.last_status = status
         job.last_result = result
         if status == OK:

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from tests.harness.bus import PrivateSystemBus
 from tests.harness.daemon import DaemonProcess
 from tests.harness.fail2ban import F2bSandbox
+from tests.harness.live import LiveProcess
 from tests.harness.users import TestUser, run_as
 from tests.harness.util import REPO_ROOT, wait_until
 
@@ -101,52 +100,6 @@ def wait_listed(ctl: Ctl, ip: str) -> dict[str, Any]:
     return ban
 
 
-class LiveProcess:
-    """A running banguictl whose stdout/stderr lines are read as they come."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.proc = subprocess.Popen(
-            argv,
-            env=_env(),
-            cwd="/",
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[tuple[str, str, float]] = queue.Queue()
-        self.seen: list[tuple[str, str, float]] = []
-        assert self.proc.stdout is not None
-        assert self.proc.stderr is not None
-        for name, stream in (("out", self.proc.stdout), ("err", self.proc.stderr)):
-            threading.Thread(target=self._read, args=(name, stream), daemon=True).start()
-
-    def _read(self, name: str, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.put((name, line.rstrip("\n"), time.monotonic()))
-
-    def wait_line(self, stream: str, pattern: str, timeout: float) -> tuple[str, float]:
-        """The first line of ``stream`` matching ``pattern``, and when it was read."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for name, line, at in self.seen:
-                if name == stream and re.search(pattern, line):
-                    return line, at
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.proc.kill()
-                pytest.fail(f"no {stream} line matching {pattern!r} in {timeout} s: {self.seen}")
-            try:
-                self.seen.append(self.lines.get(timeout=remaining))
-            except queue.Empty:
-                continue
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-
 # --------------------------------------------------------------------------- reads
 def test_status_human_and_json(daemon: DaemonProcess, ctl: Ctl) -> None:
     text = ok(ctl("status"))
@@ -202,7 +155,8 @@ def test_watch_prints_a_live_ban_then_bans_lists_it(
 ) -> None:
     ip = "89.160.20.112"
     watch = LiveProcess(
-        _argv(system_bus.address, ["watch", "--count", "1", "--filter", "BanAdded"], None)
+        _argv(system_bus.address, ["watch", "--count", "1", "--filter", "BanAdded"], None),
+        env=_env(),
     )
     try:
         watch.wait_line("err", r"watching org\.bangui\.Daemon1 signals", 15)

@@ -57,6 +57,19 @@ asn_db = "/usr/share/GeoIP/GeoLite2-ASN.mmdb"
 retention_days = 90
 http_fallback = false
 
+[metrics]                         # Prometheus; both off when empty
+listen = ""                       # "127.0.0.1:9191": serve /metrics
+textfile = ""                     # e.g. "/var/lib/prometheus/node-exporter/bangui.prom"
+textfile_interval = 60
+
+[crowdsec]                        # a CrowdSec Local API; off when lapi_url is empty
+lapi_url = ""                     # "http://127.0.0.1:8080/"
+bouncer_key_file = ""             # pull: decisions become the source "crowdsec"
+pull_interval = 10
+machine_id = ""                   # push: both set = own bans are sent as alerts
+machine_password_file = ""
+push_jails = []                   # empty = every jail but the blocklist jail
+
 [log]
 level = "info"
 format = "auto"  # auto (console on a TTY, logfmt under systemd), json, logfmt, console
@@ -109,6 +122,19 @@ BAD_VALUES: list[tuple[str, str, object]] = [
     ("geo", "http_fallback_url", "ftp://ip-api.com/batch"),
     ("geo", "http_fallback_url", "http://"),
     ("geo", "http_fallback_rate_per_minute", 0),
+    ("metrics", "listen", "9191"),
+    ("metrics", "listen", "localhost:99999"),
+    ("metrics", "listen", "::1:9191"),
+    ("metrics", "listen", 9191),
+    ("metrics", "textfile", "bangui.prom"),
+    ("metrics", "textfile_interval", 0),
+    ("crowdsec", "lapi_url", "127.0.0.1:8080"),
+    ("crowdsec", "bouncer_key_file", "key"),
+    ("crowdsec", "pull_interval", 0),
+    ("crowdsec", "machine_id", "two words"),
+    ("crowdsec", "machine_password_file", "relative"),
+    ("crowdsec", "push_jails", "sshd"),
+    ("crowdsec", "push_jails", ["ss hd"]),
     ("log", "level", "verbose"),
     ("log", "level", 10),
     ("log", "format", "xml"),
@@ -221,9 +247,13 @@ def test_accepted_values() -> None:
             "tasks": {"ban_watch": 0.5, "history_sync": 1},
             "blocklist": {"min_prefix_v4": 0, "min_prefix_v6": 128, "timeout": 2.5},
             "geo": {"http_fallback": True, "http_fallback_url": "https://geo.example/batch"},
+            "metrics": {"listen": "[::1]:9191", "textfile": "/var/lib/node/bangui.prom"},
             "log": {"level": "DEBUG", "format": "logfmt"},
         }
     )
+    assert cfg.metrics.enabled
+    assert config.split_listen(cfg.metrics.listen) == ("::1", 9191)
+    assert not Config().metrics.enabled
     assert cfg.fail2ban.timeout == 0.5
     assert cfg.tasks.ban_watch == 0.5
     assert cfg.dbus.bus.startswith("unix:path=/tmp/bus")
@@ -325,6 +355,45 @@ def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(str(path))
 
 
+@pytest.mark.parametrize(
+    ("crowdsec", "message"),
+    [
+        ({"lapi_url": "http://127.0.0.1:8080/"}, "crowdsec.lapi_url: set bouncer_key_file"),
+        ({"bouncer_key_file": "/k"}, "crowdsec.lapi_url: must be set"),
+        (
+            {"lapi_url": "http://127.0.0.1:8080/", "machine_id": "web1"},
+            "crowdsec.machine_id: needs machine_password_file",
+        ),
+        (
+            {"lapi_url": "http://l/", "bouncer_key_file": "/k", "push_jails": ["blocklist-import"]},
+            "crowdsec.push_jails: must not name the blocklist jail",
+        ),
+    ],
+)
+def test_crowdsec_keys_checked_together(crowdsec: dict[str, object], message: str) -> None:
+    [problem] = problems_of({"crowdsec": crowdsec})
+    assert problem.startswith(message)
+
+
+def test_crowdsec_pull_and_push_switches() -> None:
+    cfg = parse_config(
+        {
+            "crowdsec": {
+                "lapi_url": "http://127.0.0.1:8080/",
+                "bouncer_key_file": "/etc/bangui/crowdsec-bouncer.key",
+                "machine_id": "web1",
+                "machine_password_file": "/etc/bangui/crowdsec-machine.password",
+                "push_jails": ["sshd", "sshd"],
+            }
+        }
+    ).crowdsec
+    assert cfg.pull
+    assert cfg.push
+    assert cfg.push_jails == ("sshd",)
+    assert not Config().crowdsec.pull
+    assert not Config().crowdsec.push
+
+
 # ---------------------------------------------------------------- path keys (issue 9)
 PATH_KEYS = [
     ("fail2ban", "socket"),
@@ -333,6 +402,9 @@ PATH_KEYS = [
     ("blocklist", "file_dir"),
     ("geo", "country_db"),
     ("geo", "asn_db"),
+    ("metrics", "textfile"),
+    ("crowdsec", "bouncer_key_file"),
+    ("crowdsec", "machine_password_file"),
 ]
 
 

@@ -1,0 +1,1 @@
+"""CrowdSec Local API client (bouncer and machine)."""
