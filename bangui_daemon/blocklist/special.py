@@ -7,7 +7,8 @@ unicast host: IPv4 multicast (RFC 5771), and every IPv6 block the IPv6 Address S
 registry does not allocate as global unicast (2000::/3), site-local fec0::/10 and
 multicast ff00::/8 among them.
 
-Decision (design.md: never ban what is not an ordinary internet host):
+Decision (design.md never bans reserved addresses; read here as: nothing the
+registries set apart from ordinary internet hosts):
 - every row is refused, whatever its "Globally Reachable" flag: the blocks marked
   reachable are anycast infrastructure (PCP, TURN, AS112, AMT, DNS-SD SRP) or
   identifiers that are not locators (ORCHIDv2, DETs); a ban there cannot single out
@@ -20,7 +21,8 @@ Decision (design.md: never ban what is not an ordinary internet host):
   address follows the block's prefix. Their `reason` is None:
   the policy judges such an address by the IPv4 address it carries (and its own IPv6
   protections), so 64:ff9b::10.0.0.1 is refused as private, 64:ff9b::45.1.2.3 is not.
-  IPv4-mapped ::ffff:0:0/96 never reaches the table: the parser maps it to IPv4.
+  An IPv4-mapped address (::ffff:0:0/96) is checked as the IPv4 address it maps:
+  the parser turns it into that address before the policy sees it.
 
 The table is explicit, instead of `ipaddress`'s ``is_global``/``is_private``, because
 those flags changed between CPython 3.11 patch releases (3.11.2 and 3.11.7 disagree,
