@@ -112,7 +112,7 @@ class Daemon:
         background = [
             asyncio.create_task(self._watchdog(), name="watchdog"),
             asyncio.create_task(self._status_lines(parts.status), name="status-lines"),
-            asyncio.create_task(self._reloader(parts.scheduler), name="reloader"),
+            asyncio.create_task(self._reloader(parts), name="reloader"),
         ]
         disconnected = asyncio.create_task(server.wait_for_disconnect(), name="bus-watch")
         stopping = asyncio.create_task(self._stop.wait(), name="stop-wait")
@@ -153,12 +153,19 @@ class Daemon:
                 self.notifier.status(await status.summary())
             await asyncio.sleep(STATUS_EVERY)
 
-    async def _reloader(self, scheduler: Scheduler) -> None:
+    async def _reloader(self, parts: Components) -> None:
         while True:
             await self._reload_requested.wait()
             self._reload_requested.clear()
             self.notifier.reloading()
-            self.reload(scheduler)
+            self.reload(parts.scheduler)
+            try:
+                # [[blocklist.source]] tables: added, changed and removed ones
+                counts = await parts.blocklists.reconcile(self.config.blocklist.source)
+            except Exception as exc:  # one bad source must not stop the reload
+                log.error("blocklist_sources_reconcile_failed", error=str(exc))
+            else:
+                log.info("blocklist_sources_reconciled", **counts)
             self.notifier.ready("configuration reloaded")
 
     def reload(self, scheduler: Scheduler) -> None:

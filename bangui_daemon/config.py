@@ -30,6 +30,7 @@ __all__ = [
     "LOG_LEVELS",
     "ArchiveConfig",
     "BlocklistConfig",
+    "BlocklistSource",
     "Config",
     "CrowdsecConfig",
     "DbusConfig",
@@ -282,6 +283,84 @@ def _names(value: object) -> object:
     return tuple(dict.fromkeys(value))
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BlocklistSource:
+    """One `[[blocklist.source]]` table: a source managed by the config file."""
+
+    name: str
+    """The source's name, as ListSources shows it."""
+    url: str
+    """http://, https:// or file:// (below blocklist.file_dir)."""
+    enabled: bool = True
+    """false: kept, but not imported."""
+    interval: int = 0
+    """Seconds between imports of this source; 0 = tasks.blocklist_import."""
+    max_entries: int = 0
+    """This source's entry cap; 0 = blocklist.max_entries."""
+
+
+# Sources the daemon manages itself: a config table may not take their name.
+RESERVED_SOURCE_NAMES: Final = ("crowdsec",)
+_SOURCE_SCHEMES: Final = ("http", "https", "file")
+
+
+def _source_table(index: int, table: object) -> tuple[BlocklistSource | None, list[str]]:
+    where = f"[{index}]"
+    if not isinstance(table, Mapping):
+        return None, [f"{where} must be a table ([[blocklist.source]]), got {_show(table)}"]
+    problems: list[str] = []
+    known = {f.name for f in dataclasses.fields(BlocklistSource)}
+    problems.extend(
+        f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})"
+        for key in table
+        if key not in known
+    )
+    problems.extend(f"{where}.{key}: is required" for key in ("name", "url") if key not in table)
+    values: dict[str, object] = {}
+    checks: dict[str, Check] = {
+        "name": _nonempty_string,
+        "url": _nonempty_string,
+        "enabled": _boolean,
+        "interval": _integer(0, 366 * 86400),
+        "max_entries": _integer(0, 10_000_000),
+    }
+    for key, check in checks.items():
+        if key in table:
+            try:
+                values[key] = check(table[key])
+            except _InvalidError as exc:
+                problems.append(f"{where}.{key}: {exc}")
+    url = values.get("url")
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        if parts.scheme not in _SOURCE_SCHEMES or (parts.scheme != "file" and not parts.hostname):
+            problems.append(
+                f"{where}.url: must be an http://, https:// or file:// URL, got {_show(url)}"
+            )
+    if values.get("name") in RESERVED_SOURCE_NAMES:
+        problems.append(f"{where}.name: {values['name']!r} is reserved for its own section")
+    if problems:
+        return None, problems
+    return BlocklistSource(**values), []  # type: ignore[arg-type]
+
+
+def _sources(value: object) -> object:
+    if not isinstance(value, list | tuple):
+        raise _InvalidError(f"must be [[blocklist.source]] tables, got {_show(value)}")
+    sources: list[BlocklistSource] = []
+    problems: list[str] = []
+    for index, table in enumerate(value):
+        source, found = _source_table(index, table)
+        problems.extend(found)
+        if source is not None:
+            if any(s.name == source.name for s in sources):
+                problems.append(f"[{index}].name: {source.name!r} is declared twice")
+            sources.append(source)
+    if problems:
+        raise _InvalidError("; ".join(problems))
+    return tuple(sources)
+
+
 def _option(default: T, check: Check) -> T:
     """Declare a config key: its default and the check its TOML value must pass."""
     return field(default=default, metadata={_CHECK: check})
@@ -292,8 +371,15 @@ class Fail2banConfig:
     """How to reach fail2ban: its control socket and its sqlite database."""
 
     socket: str = _option("/run/fail2ban/fail2ban.sock", _path("socket"))
+    """fail2ban's control socket (fail2ban.conf's socket)."""
     database: str = _option("/var/lib/fail2ban/fail2ban.sqlite3", _path("file"))
+    """fail2ban's sqlite database (fail2ban.conf's dbfile); read only, to copy ban events into the
+    archive.
+    """
     timeout: float = _option(10.0, _positive_number)
+    """Seconds to wait for the answer to one socket command; blocklist imports size their ban
+    batches to fit.
+    """
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -301,7 +387,9 @@ class ArchiveConfig:
     """The daemon's own history database; retention_days 0 keeps history forever."""
 
     path: str = _option("/var/lib/bangui/archive.sqlite3", _path("file"))
+    """The daemon's own history database (sqlite); created with its folder when missing."""
     retention_days: int = _option(365, _integer(0))
+    """Archived ban events older than this many days are purged; 0 keeps them forever."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -309,19 +397,35 @@ class DbusConfig:
     """Which bus to serve on and who may call the admin methods."""
 
     bus: str = _option("system", _bus)
+    """The bus to serve org.bangui.Daemon1 on: "system", "session" or a D-Bus address such as
+    "unix:path=/run/dbus/system_bus_socket".
+    """
     admin_group: str = _option("bangui-admin", _name)
+    """Members of this group (and root) may call the admin methods: ban, unban, blocklist sources
+    and imports, RunTask.
+    """
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TasksConfig:
-    """Scheduler intervals in seconds (floats allowed, for tests)."""
+    """How often each task runs, in seconds (fractions allowed)."""
 
     ban_watch: float = _option(2, _positive_number)
+    """How often fail2ban's current bans are compared with the last look, to send BanAdded,
+    BanRemoved and BansChanged.
+    """
     history_sync: float = _option(300, _positive_number)
+    """How often new ban events are copied from fail2ban's database into the archive; keep it
+    shorter than fail2ban's dbpurgeage.
+    """
     geo_resolve: float = _option(60, _positive_number)
+    """How often archived addresses without country and ASN are looked up."""
     blocklist_import: float = _option(86400, _positive_number)
+    """How often every enabled blocklist source is downloaded and imported."""
     geo_cache_cleanup: float = _option(86400, _positive_number)
+    """How often geo answers not used within [geo] retention_days are deleted."""
     history_purge: float = _option(86400, _positive_number)
+    """How often archived events older than [archive] retention_days are deleted."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -329,15 +433,39 @@ class BlocklistConfig:
     """Blocklist imports: target jail, download limits, and what is never banned."""
 
     jail: str = _option("blocklist-import", _name)
+    """The fail2ban jail blocklist imports ban into (a jail of its own, see README.Debian)."""
     max_bytes: int = _option(52428800, _integer(1))
+    """Largest blocklist download accepted, in bytes; a larger one fails the import and bans
+    nothing.
+    """
     timeout: float = _option(60, _positive_number)
-    max_entries: int = _option(100000, _integer(1))
+    """Seconds one blocklist download may take."""
+    max_entries: int = _option(250000, _integer(1))
+    """Most addresses and networks one blocklist may hold (ipsum lists about 120,000); a
+    longer one fails the import and says its size. A source may set its own cap.
+    """
     min_prefix_v4: int = _option(16, _integer(0, 32))
+    """IPv4 networks wider than this prefix length are never banned."""
     min_prefix_v6: int = _option(32, _integer(0, 128))
+    """IPv6 networks wider than this prefix length are never banned."""
     allowlist: tuple[str, ...] = _option((), _networks)
+    """Addresses and networks never banned (by BanIp or an import), e.g. ["45.33.12.0/24"];
+    the special-purpose ranges, the host's own addresses and the jail's ignoreip are
+    refused anyway.
+    """
     file_dir: str = _option("/etc/bangui/lists", _path("directory"))
+    """file:// blocklist sources must lie below this folder."""
     ipsum_min_count: int = _option(1, _integer(1))
+    """In ipsum lists (address TAB count), entries listed by fewer blocklists than this are
+    skipped.
+    """
     batch_size: int = _option(200, _integer(1))
+    """Addresses per fail2ban banip/unbanip command during an import."""
+    source: tuple[BlocklistSource, ...] = _option((), _sources)
+    """Sources managed by this file, one [[blocklist.source]] table each (name, url,
+    enabled, interval, max_entries); reconciled at start and on SIGHUP, and refused to
+    D-Bus callers. A source removed here is removed with the bans only it held.
+    """
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -345,11 +473,20 @@ class GeoConfig:
     """MMDB paths, cache retention and the optional (off by default) HTTP fallback."""
 
     country_db: str = _option("/usr/share/GeoIP/GeoLite2-Country.mmdb", _path("file"))
+    """MaxMind Country or City database (Debian: geoipupdate); missing means empty country fields.
+    """
     asn_db: str = _option("/usr/share/GeoIP/GeoLite2-ASN.mmdb", _path("file"))
+    """MaxMind ASN database; missing means empty ASN fields."""
     retention_days: int = _option(90, _integer(0))
+    """Cached geo answers not used for this many days are deleted; 0 keeps them forever."""
     http_fallback: bool = _option(False, _boolean)
+    """Ask an ip-api.com style HTTP batch service for addresses the databases do not answer (sends
+    those addresses to that service).
+    """
     http_fallback_url: str = _option("http://ip-api.com/batch", _http_url)
+    """The batch endpoint of the HTTP fallback."""
     http_fallback_rate_per_minute: int = _option(15, _integer(1))
+    """Most requests a minute sent to the HTTP fallback."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -357,8 +494,15 @@ class MetricsConfig:
     """Prometheus metrics: a /metrics listener and a node_exporter textfile; "" = off."""
 
     listen: str = _option("", _listen_or_empty)
+    """HOST:PORT to serve /metrics on, e.g. "127.0.0.1:9191" ("[::1]:9191" for IPv6); a
+    non-loopback address is logged as a warning. Empty: no listener.
+    """
     textfile: str = _option("", _path_or_empty("file"))
+    """A file for node_exporter's textfile collector, rewritten atomically, e.g.
+    "/var/lib/prometheus/node-exporter/bangui.prom". Empty: none.
+    """
     textfile_interval: float = _option(60, _positive_number)
+    """Seconds between textfile writes (and refreshes of each jail's settings)."""
 
     @property
     def enabled(self) -> bool:
@@ -370,11 +514,21 @@ class CrowdsecConfig:
     """A CrowdSec Local API: pull its decisions (a bouncer), push our bans (a machine)."""
 
     lapi_url: str = _option("", _http_url_or_empty)
+    """The Local API's URL, e.g. "http://127.0.0.1:8080/". Empty: CrowdSec is off (and a
+    crowdsec source left from before is removed with its bans).
+    """
     bouncer_key_file: str = _option("", _path_or_empty("file"))
+    """A file holding a bouncer key (cscli bouncers add): pull decisions into the source
+    "crowdsec".
+    """
     pull_interval: float = _option(10, _positive_number)
+    """Seconds between pulls of the decision stream."""
     machine_id: str = _option("", lambda v: v if v == "" else _name(v))
+    """A machine login (cscli machines add): push our own bans as alerts."""
     machine_password_file: str = _option("", _path_or_empty("file"))
+    """A file holding that machine's password."""
     push_jails: tuple[str, ...] = _option((), _names)
+    """Jails whose bans are pushed; empty = every jail but the blocklist jail."""
 
     @property
     def pull(self) -> bool:
@@ -410,7 +564,11 @@ class LogConfig:
 
     # _option returns the (immutable) default; ruff cannot see that through a Literal.
     level: LogLevel = _option("info", _choice(*LOG_LEVELS))  # noqa: RUF009
+    """Lowest level logged: debug, info, warning or error."""
     format: LogFormat = _option("auto", _choice(*LOG_FORMATS))  # noqa: RUF009
+    """Log format: auto (console on a terminal, logfmt under systemd, else json), json, logfmt or
+    console.
+    """
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -526,8 +684,18 @@ def dump_config(cfg: Config) -> str:
         if lines:
             lines.append("")
         lines.append(f"[{name}]")
-        lines.extend(
-            f"{f.name} = {_toml_value(getattr(section, f.name))}"
-            for f in dataclasses.fields(section)
-        )
+        tables: list[tuple[str, tuple[Any, ...]]] = []
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+                tables.append((f.name, value))  # arrays of tables come after the keys
+            else:
+                lines.append(f"{f.name} = {_toml_value(value)}")
+        for key, items in tables:
+            for item in items:
+                lines.extend(("", f"[[{name}.{key}]]"))
+                lines.extend(
+                    f"{g.name} = {_toml_value(getattr(item, g.name))}"
+                    for g in dataclasses.fields(item)
+                )
     return "\n".join(lines) + "\n"

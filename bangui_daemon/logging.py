@@ -17,12 +17,13 @@ import logging
 import os
 import re
 import sys
+from types import TracebackType
 from typing import Any, Final, TextIO
 
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
-__all__ = ["FORMATS", "LEVELS", "configure_logging", "get_logger"]
+__all__ = ["FORMATS", "LEVELS", "configure_logging", "get_logger", "report_error"]
 
 LEVELS: Final[dict[str, int]] = {
     "debug": logging.DEBUG,
@@ -43,7 +44,10 @@ _BAD_KEY_CHARS: Final = re.compile(r'[\x00-\x20="\x7f]')
 
 
 def _syslog_priority(levelno: int) -> int:
-    """Map a stdlib level to the syslog priority journald reads from `<N>`."""
+    """Map a stdlib level to the syslog priority journald reads from `<N>`.
+
+    Levels between the named ones (e.g. 25) take the priority of the one below.
+    """
     if levelno >= logging.CRITICAL:
         return 2
     if levelno >= logging.ERROR:
@@ -53,6 +57,13 @@ def _syslog_priority(levelno: int) -> int:
     if levelno >= logging.INFO:
         return 6
     return 7
+
+
+def _with_priority(text: str, levelno: int) -> str:
+    """Prefix every line with `<N>`: journald (SyslogLevelPrefix=yes, the default)
+    reads the prefix per line, strips it and stores N as the entry's PRIORITY."""
+    prefix = f"<{_syslog_priority(levelno)}>"
+    return "\n".join(prefix + line for line in text.split("\n"))
 
 
 def _is_journal(stream: TextIO) -> bool:
@@ -129,10 +140,29 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        if not self._journal:
-            return text
-        prefix = f"<{_syslog_priority(record.levelno)}>"
-        return "\n".join(prefix + line for line in text.split("\n"))
+        return _with_priority(text, record.levelno) if self._journal else text
+
+
+def _log_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    """sys.excepthook: a crash is logged at critical through the configured handler,
+    so on the journal it is one entry with priority 2, not lines of priority 6."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    logging.getLogger("bangui_daemon").critical("uncaught_exception", exc_info=(exc_type, exc, tb))
+
+
+def report_error(text: str, *, stream: TextIO | None = None) -> None:
+    """Write a failure that happens before logging is configured (a bad config file).
+
+    On the journal each line gets `<3>`, so `journalctl -p err` shows why the unit
+    failed to start; elsewhere the text is written as it is.
+    """
+    out: TextIO = sys.stderr if stream is None else stream
+    out.write((_with_priority(text, logging.ERROR) if _is_journal(out) else text) + "\n")
+    out.flush()
 
 
 def _structlog_chain() -> list[Processor]:
@@ -150,7 +180,8 @@ def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> 
 
     "auto" picks console on a TTY, logfmt on the journal, JSON otherwise. On the
     journal no timestamp is added (journald stamps every line) and each line gets a
-    `<N>` syslog priority so `journalctl -p err` works. Safe to call again (SIGHUP).
+    `<N>` syslog priority so `journalctl -p err` works. Uncaught exceptions are logged
+    at critical through the same handler. Safe to call again (SIGHUP).
     """
     threshold = LEVELS.get(level.lower())
     if threshold is None:
@@ -197,6 +228,7 @@ def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> 
     root.setLevel(threshold)
     # aiosqlite logs every statement at debug: that drowns our own debug events.
     logging.getLogger("aiosqlite").setLevel(max(threshold, logging.INFO))
+    sys.excepthook = _log_uncaught
 
     structlog.configure(
         processors=_structlog_chain(),

@@ -154,6 +154,7 @@ async def build(
         lambda: config().blocklist,
         lambda: config().fail2ban.timeout,
         safety,
+        fail2ban_db=lambda: config().fail2ban.database,
     )
     blocklists = BlocklistService(importer)
 
@@ -186,12 +187,14 @@ async def build(
     scheduler.add(history_sync.NAME, tasks.history_sync, sync.run, timeout=3600)
     purge = HistoryPurge(events, lambda: config().archive.retention_days)
     scheduler.add(history_purge.NAME, tasks.history_purge, purge.run, timeout=3600)
-    scheduler.add(
-        blocklist_import.NAME,
-        tasks.blocklist_import,
-        BlocklistImport(blocklists).run,
-        timeout=6 * 3600,
+    importing = BlocklistImport(
+        blocklists,
+        lambda: config().tasks.blocklist_import,
+        lambda seconds: scheduler.set_interval(blocklist_import.NAME, seconds),
     )
+    scheduler.add(blocklist_import.NAME, tasks.blocklist_import, importing.run, timeout=6 * 3600)
+    blocklists.on_sources_changed = importing.adjust
+    await blocklists.reconcile(cfg.blocklist.source)
     scheduler.add(
         geo_resolve.NAME, tasks.geo_resolve, GeoResolve(geo, geo_addresses).run, timeout=600
     )

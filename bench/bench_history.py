@@ -47,7 +47,7 @@ from bangui_daemon.dbus.client import DaemonClient
 from tests.harness.bus import PrivateSystemBus
 from tests.harness.daemon import DaemonProcess
 from tests.harness.fail2ban import F2bSandbox
-from tests.harness.users import ensure_admin_group
+from tests.harness.users import ADMIN_GROUP, AccountLease, AccountSpec
 from tests.integration.history_db import fill_bans, schema_only_copy
 
 INCREMENT = 1000
@@ -153,6 +153,7 @@ class Bench:
         self.bus = PrivateSystemBus()  # the 1M daemon's
         self.bus_small = PrivateSystemBus()  # the 100k daemon's, alive at the same time
         self.f2b = F2bSandbox(work / "f2b")
+        self.accounts = AccountLease(AccountSpec(groups=(ADMIN_GROUP,)))
         self.results: dict[str, float] = {}
 
     def daemon(self, f2b_db: Path, name: str, bus: PrivateSystemBus) -> DaemonProcess:
@@ -246,7 +247,7 @@ class Bench:
     async def run(self) -> None:
         args = self.args
         small = min(100_000, args.rows)
-        ensure_admin_group()
+        self.accounts.acquire()  # the policy's group="bangui-admin", before the bus reads it
         self.bus.start()
         os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = self.bus.address
         self.f2b.start()  # a real fail2ban-server makes the schema ...
@@ -343,6 +344,7 @@ class Bench:
         self.f2b.close()
         self.bus.close()
         self.bus_small.close()
+        self.accounts.release()
 
 
 def main() -> None:

@@ -2,8 +2,9 @@
 # Install what the build, the tests and the demo need, idempotently.
 #
 #   - Debian packages (bookworm), only when one is missing: the real fail2ban and D-Bus
-#     tools the integration tests drive, and Debian's python3-* runtime packages (the
-#     .deb depends on those; check.sh runs the suite under /usr/bin/python3 too).
+#     tools the integration tests drive, Debian's python3-* runtime packages (the
+#     .deb depends on those; check.sh runs the suite under /usr/bin/python3 too), and
+#     what building and linting the .deb needs (debhelper, dh-python, lintian...).
 #     Services are never started: a temporary policy-rc.d denies it, and a
 #     fail2ban-server that appeared anyway is stopped (no firewall is set up by us).
 #   - .venv with the project installed editable plus its dev tools.
@@ -20,12 +21,16 @@ PACKAGES=(
     fail2ban sqlite3
     dbus-daemon dbus-bin libglib2.0-bin
     systemd                      # busctl, systemd-analyze
+    polkitd                      # polkitd, pkaction, pkcheck: the polkit tests' own polkitd
     python3 python3-venv
     python3-dbus-fast python3-aiosqlite python3-aiohttp python3-geoip2 python3-maxminddb
     python3-structlog python3-sdnotify python3-prometheus-client
     crowdsec                     # a real Local API for the CrowdSec bridge tests (offline)
     python3-pytest python3-pytest-asyncio
     gjs gir1.2-glib-2.0 dunst xvfb   # desktop tests: a GLib client, a notification server
+    # the Debian package: build (scripts/build-deb.sh), lint, man pages, sysusers
+    build-essential debhelper dh-python pybuild-plugin-pyproject python3-all
+    python3-setuptools lintian man-db util-linux
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }

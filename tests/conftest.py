@@ -2,7 +2,10 @@
 
 Fixtures
     system_bus (session)      PrivateSystemBus; sets DBUS_SYSTEM_BUS_ADDRESS
-    test_users (session)      {"bgt-reader": TestUser, "bgt-admin": TestUser}; skips if not root
+    test_users (session)      {"bgt-reader", "bgt-admin", "bgt-operator": TestUser}; skips if
+                              not root; removed at the end when this session created them
+    polkit                    a real polkitd on the bus with the project's actions and rules;
+                              options: @pytest.mark.polkit_rules({"10-x.rules": "js"})
     f2b                       F2bSandbox, started; options: @pytest.mark.f2b_options(...)
     make_f2b                  factory: make_f2b(**F2bSandbox options) -> started sandbox
     start_daemon              factory: start_daemon(overrides=None, *, module=..., env=...,
@@ -29,12 +32,8 @@ from tests.harness import bus as harness_bus
 from tests.harness.bus import PrivateSystemBus, SignalMonitor
 from tests.harness.daemon import DAEMON_MODULE, DaemonProcess, DaemonStopTimeoutError
 from tests.harness.fail2ban import F2bSandbox
-from tests.harness.users import (
-    NotRootError,
-    TestUser,
-    ensure_admin_group,
-    ensure_test_users,
-)
+from tests.harness.polkit import PrivatePolkit
+from tests.harness.users import AccountLease, TestUser
 from tests.harness.util import tail
 
 if TYPE_CHECKING:
@@ -49,6 +48,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers", "daemon_config(overrides): config overrides for the daemon fixture"
+    )
+    config.addinivalue_line(
+        "markers", "polkit_rules(rules): extra polkit rules files {name: js} for polkit"
     )
 
 
@@ -66,12 +68,29 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
     return bool(request.node.stash.get(_failed_key, False))
 
 
+# ---------------------------------------------------------------------- accounts
+@pytest.fixture(scope="session")
+def suite_accounts() -> Iterator[dict[str, TestUser] | None]:
+    """The suite's users and group, held for the session (None when not root)."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    lease = AccountLease()
+    try:
+        users = lease.acquire()
+        yield users
+    finally:
+        lease.release()  # the last session on the machine removes what leases created
+
+
 # ------------------------------------------------------------------------- bus
 @pytest.fixture(scope="session")
-def system_bus() -> Iterator[PrivateSystemBus]:
-    """A private system-like dbus-daemon with the project's policy (session-wide)."""
-    if os.geteuid() == 0:
-        ensure_admin_group()  # before the bus reads the policy's group="bangui-admin"
+def system_bus(suite_accounts: dict[str, TestUser] | None) -> Iterator[PrivateSystemBus]:
+    """A private system-like dbus-daemon with the project's policy (session-wide).
+
+    Depends on the accounts so that ``bangui-admin`` exists before the bus reads the
+    policy's ``group="bangui-admin"``.
+    """
     bus = PrivateSystemBus()
     try:
         bus.start()  # raises when the policy file was rejected ("Encountered error")
@@ -142,12 +161,28 @@ def signal_monitor(
 
 # ----------------------------------------------------------------------- users
 @pytest.fixture(scope="session")
-def test_users() -> dict[str, TestUser]:
-    """``bgt-reader`` (no admin) and ``bgt-admin`` (in bangui-admin); needs root."""
+def test_users(suite_accounts: dict[str, TestUser] | None) -> dict[str, TestUser]:
+    """``bgt-reader``, ``bgt-operator`` (no admin) and ``bgt-admin`` (in bangui-admin)."""
+    if suite_accounts is None:
+        pytest.skip("needs root to create the throw-away users bgt-reader/bgt-admin")
+    return suite_accounts
+
+
+# ---------------------------------------------------------------------- polkit
+@pytest.fixture
+def polkit(
+    request: pytest.FixtureRequest, system_bus: PrivateSystemBus, test_users: dict[str, TestUser]
+) -> Iterator[PrivatePolkit]:
+    """polkitd on the private bus with polkit/ and the marker's rules; stopped after."""
+    marker = request.node.get_closest_marker("polkit_rules")
+    pk = PrivatePolkit(system_bus, dict(marker.args[0]) if marker else {})
     try:
-        return ensure_test_users()
-    except NotRootError as exc:
-        pytest.skip(f"needs root to create the throw-away users bgt-reader/bgt-admin: {exc}")
+        pk.start()
+        yield pk
+    finally:
+        if _test_failed(request):
+            print(f"--- polkitd log:\n{tail(pk.log_path)}")
+        pk.close()
 
 
 # -------------------------------------------------------------------- fail2ban

@@ -117,7 +117,7 @@ class Archive:
             try:
                 yield self._writer
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await rollback(self._writer)
                 raise
             await self._writer.execute("COMMIT")
 
@@ -230,6 +230,21 @@ async def _connect(
     return conn
 
 
+async def rollback(conn: aiosqlite.Connection) -> None:
+    """Roll back a failed transaction without hiding why it failed.
+
+    After SQLITE_FULL, IOERR, BUSY or NOMEM SQLite may have rolled back by itself; a
+    ROLLBACK then fails with "cannot rollback - no transaction is active", and that
+    error would replace the real cause ("database or disk is full") in every report.
+    """
+    if not conn.in_transaction:
+        return
+    try:
+        await conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.warning("rollback_failed", error=str(exc))
+
+
 async def _close(conn: aiosqlite.Connection) -> None:
     """Close even when the caller is being cancelled.
 
@@ -309,8 +324,7 @@ async def _migrate(
         try:
             await conn.executescript(script)
         except sqlite3.Error:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
+            await rollback(conn)
             log.error("migration_failed", migration=migration.name)
             raise
         log.info(

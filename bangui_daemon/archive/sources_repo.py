@@ -9,7 +9,8 @@ from bangui_daemon.archive.db import Archive
 
 SOURCE_COLUMNS = (
     "id, name, url, enabled, etag, last_modified, last_run, last_status, last_imported, "
-    "last_error, (SELECT count(*) FROM source_entries s WHERE s.source_id = id)"
+    "last_error, (SELECT count(*) FROM source_entries s WHERE s.source_id = id), "
+    "managed, interval, max_entries"
 )
 
 
@@ -26,6 +27,12 @@ class SourceRow:
     last_imported: int
     last_error: str
     listed: int
+    managed: str = ""
+    """Who changes it: "" = D-Bus callers, "config" or "crowdsec" = that config section."""
+    interval: int = 0
+    """Seconds between scheduled imports; 0 = the blocklist_import task's interval."""
+    max_entries: int = 0
+    """Entry cap of this source; 0 = blocklist.max_entries."""
 
 
 class DuplicateName(Exception):
@@ -48,13 +55,24 @@ class SourcesRepository:
         )
         return None if row is None else _row(row)
 
-    async def add(self, name: str, url: str, enabled: bool, now: int) -> int:
+    async def add(
+        self,
+        name: str,
+        url: str,
+        enabled: bool,
+        now: int,
+        *,
+        managed: str = "",
+        interval: int = 0,
+        max_entries: int = 0,
+    ) -> int:
         try:
             async with self._archive.write() as conn:
                 cursor = await conn.execute(
-                    "INSERT INTO blocklist_sources (name, url, enabled, created_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (name, url, int(enabled), now),
+                    "INSERT INTO blocklist_sources "
+                    "(name, url, enabled, created_at, managed, interval, max_entries) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (name, url, int(enabled), now, managed, interval, max_entries),
                 )
                 new_id = cursor.lastrowid
                 await cursor.close()
@@ -62,16 +80,26 @@ class SourcesRepository:
             raise DuplicateName(name) from None
         return int(new_id or 0)
 
-    async def update(self, source_id: int, name: str, url: str, enabled: bool) -> None:
+    async def update(
+        self,
+        source_id: int,
+        name: str,
+        url: str,
+        enabled: bool,
+        *,
+        managed: str,
+        interval: int,
+        max_entries: int,
+    ) -> None:
         """Change a source; a new URL forgets the conditional-GET validators."""
         try:
             async with self._archive.write() as conn:
                 await conn.execute(
                     "UPDATE blocklist_sources SET name = ?, enabled = ?, "
                     "etag = CASE WHEN url = ? THEN etag END, "
-                    "last_modified = CASE WHEN url = ? THEN last_modified END, url = ? "
-                    "WHERE id = ?",
-                    (name, int(enabled), url, url, url, source_id),
+                    "last_modified = CASE WHEN url = ? THEN last_modified END, url = ?, "
+                    "managed = ?, interval = ?, max_entries = ? WHERE id = ?",
+                    (name, int(enabled), url, url, url, managed, interval, max_entries, source_id),
                 )
         except sqlite3.IntegrityError:
             raise DuplicateName(name) from None
@@ -109,4 +137,7 @@ def _row(r: tuple[object, ...]) -> SourceRow:
         last_imported=int(str(r[8])),
         last_error=str(r[9]),
         listed=int(str(r[10])),
+        managed=str(r[11]),
+        interval=int(str(r[12])),
+        max_entries=int(str(r[13])),
     )

@@ -35,11 +35,12 @@ from bangui_daemon.archive.listings_repo import ListingsRepository, replace_list
 from bangui_daemon.archive.sources_repo import SourceRow, SourcesRepository
 from bangui_daemon.archive.state_repo import get_state, put_state
 from bangui_daemon.blocklist.fetch import FetchError, FetchResult, fetch
-from bangui_daemon.blocklist.parse import ParseResult, parse_blocklist
+from bangui_daemon.blocklist.parse import ParseResult, TooManyEntries, parse_blocklist
 from bangui_daemon.blocklist.safety import SafetyPolicy
 from bangui_daemon.config import BlocklistConfig
 from bangui_daemon.errors import BanguiError, InvalidArgument
 from bangui_daemon.events import EventHub, ImportFinished, ImportProgress, ImportStarted
+from bangui_daemon.fail2ban.ban_rows import await_ban_rows
 from bangui_daemon.fail2ban.client import Fail2banClient
 
 log = structlog.get_logger(__name__)
@@ -68,6 +69,8 @@ class ImportOutcome:
     invalid: int = 0
     refused: int = 0
     error: str = ""
+    reapplied: int = 0
+    """Listed addresses whose ban fail2ban had lifted, banned again (content unchanged)."""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -80,6 +83,12 @@ class Preview:
     refused: int
     sample: list[str]
     refused_sample: list[str]
+    max_entries: int = 0
+    """The cap an import would apply; `entries` above it means the import would fail."""
+
+
+PREVIEW_FACTOR = 4
+"""A preview counts up to this many times the cap, so it can say how far over a list is."""
 
 
 class Importer:
@@ -94,6 +103,7 @@ class Importer:
         fail2ban_timeout: Callable[[], float],
         safety: SafetyPolicy,
         clock: Callable[[], float] = time.time,
+        fail2ban_db: Callable[[], str] | None = None,
     ) -> None:
         self.sources = SourcesRepository(archive)
         self.runs = ImportRunsRepository(archive)
@@ -103,6 +113,7 @@ class Importer:
         self._hub = hub
         self._config = config
         self._f2b_timeout = fail2ban_timeout
+        self._f2b_db = fail2ban_db
         self._safety = safety
         self._clock = clock
         self._running = 0
@@ -110,15 +121,6 @@ class Importer:
         # One diff (or source removal) at a time across all sources: reference counting
         # reads the other sources' listings, which an overlapping import has not stored yet.
         self._apply_lock = asyncio.Lock()
-
-    async def feed_source_id(self, name: str) -> int | None:
-        """The id of the source that feeds `name` (see BlocklistService.register_feed)."""
-        value = await get_state(self._archive, _feed_key(name))
-        return int(value) if value is not None and value.isdigit() else None
-
-    async def set_feed_source_id(self, name: str, source_id: int) -> None:
-        async with self._archive.write() as conn:
-            await put_state(conn, _feed_key(name), str(source_id))
 
     def busy_jail(self) -> str | None:
         """The jail an import is banning into right now (its list is in flux)."""
@@ -143,17 +145,34 @@ class Importer:
             last_modified=source.last_modified if source else None,
         )
 
-    async def _parse(self, chunks: Sequence[bytes]) -> ParseResult:
+    def _cap(self, source: SourceRow | None) -> tuple[int, str]:
+        """The entry cap of `source` and the config key that sets it."""
+        if source is not None and source.max_entries:
+            return source.max_entries, f"the source's max_entries (source {source.name!r})"
+        return self._config().max_entries, "blocklist.max_entries"
+
+    async def _parse(
+        self, chunks: Sequence[bytes], limit: int, key: str = "blocklist.max_entries"
+    ) -> ParseResult:
         cfg = self._config()
-        return await asyncio.to_thread(
-            parse_blocklist, chunks, min_count=cfg.ipsum_min_count, max_entries=cfg.max_entries
-        )
+        try:
+            return await asyncio.to_thread(
+                parse_blocklist, chunks, min_count=cfg.ipsum_min_count, max_entries=limit
+            )
+        except TooManyEntries:
+            lines = sum(chunk.count(b"\n") for chunk in chunks)
+            raise TooManyEntries(
+                limit,
+                f"the blocklist has more than {limit:,} entries ({lines:,} lines); "
+                f"raise {key} to import it",
+            ) from None
 
     async def preview(self, url: str) -> Preview:
         """A dry run: what an import of `url` would ban and refuse; nothing is stored."""
         jail = self._config().jail
         result = await self._download(url, None)
-        parsed = await self._parse(result.chunks)
+        limit, key = self._cap(None)
+        parsed = await self._parse(result.chunks, limit * PREVIEW_FACTOR, key)
         allowed, refused = (await self._safety.policy(jail)).partition(parsed.entries)
         return Preview(
             entries=len(parsed.entries),
@@ -161,6 +180,7 @@ class Importer:
             refused=len(refused),
             sample=allowed[:SAMPLE],
             refused_sample=[f"{entry} ({reason})" for entry, reason in refused[:SAMPLE]],
+            max_entries=limit,
         )
 
     # ---- import -------------------------------------------------------------
@@ -206,9 +226,11 @@ class Importer:
                     last_modified=result.last_modified,
                 )
                 log_.info("blocklist_import_unchanged", not_modified=result.not_modified)
-                return await self._current(source.id)
+                current = await self._current(source.id)
+                current.reapplied = await self._reapply(source.id, jail)
+                return current
             fetched = time.monotonic()
-            parsed = await self._parse(result.chunks)
+            parsed = await self._parse(result.chunks, *self._cap(source))
             allowed, refused = (await self._safety.policy(jail)).partition(parsed.entries)
             checked = time.monotonic()
         except (BanguiError, FetchError) as exc:
@@ -236,6 +258,7 @@ class Importer:
                 source.id, now, UNCHANGED, 0, etag=result.etag, last_modified=result.last_modified
             )
             log_.info("blocklist_import_unchanged", run_id=claim.run_id)
+            outcome.reapplied = await self._reapply(source.id, jail)
             return outcome
 
         self._hub.publish(ImportStarted(source.id, claim.run_id))
@@ -271,6 +294,41 @@ class Importer:
             )
         self._hub.publish(ImportFinished(source.id, outcome.status, outcome.added, outcome.removed))
         return outcome
+
+    async def _reapply(self, source_id: int, jail: str) -> int:
+        """Ban again what this source lists and fail2ban no longer bans.
+
+        fail2ban lifts a ban when its bantime ends, when an admin unbans by hand, or
+        when it restarts without it; an unchanged list must still be enforced. The
+        never-ban policy is applied again, so an address an admin allow-listed after
+        unbanning it stays unbanned. Intents are written before each banip, as in an
+        import, so a crash here bans nothing twice.
+        """
+        async with self._apply_lock:
+            listed = await self.listings.entries(source_id)
+            if not listed:
+                return 0
+            banned_now = set(await self._client.banned(jail))
+            missing = sorted(listed - banned_now)
+            if not missing:
+                return 0
+            lifted, _refused = (await self._safety.policy(jail)).partition(missing)
+            listed_hash = await get_state(self._archive, _listed_key(source_id))
+            run = None if listed_hash is None else await self.runs.find(source_id, listed_hash)
+            run_id = run.id if run is not None else 0
+            batch = self._config().batch_size
+            call_timeout = self._f2b_timeout() + batch * SECONDS_PER_ENTRY
+            now = int(self._clock())
+            reapplied = 0
+            for start in range(0, len(lifted), batch):
+                chunk = lifted[start : start + batch]
+                await self.listings.advance(source_id, [], chunk, jail, run_id, now)
+                reapplied += await self._client.ban(jail, chunk, timeout=call_timeout)
+                await self.listings.mark_banned(chunk)
+        if reapplied:
+            log.info("blocklist_bans_reapplied", source_id=source_id, reapplied=reapplied)
+            self._hub.publish(ImportFinished(source_id, UNCHANGED, reapplied, 0))
+        return reapplied
 
     async def _current(self, source_id: int) -> ImportOutcome:
         """ "unchanged", described by the completed run whose listing is in force."""
@@ -340,8 +398,10 @@ class Importer:
             await self.listings.advance(source_id, chunks[-1], [], jail, run_id, now)
         # Entries already forgotten by an interrupted attempt are not in `ours`; the
         # unban below is idempotent for the rest.
+        rows = _RowsWritten(self._f2b_db, self._f2b_timeout(), jail, banned_now)
         for start in range(0, len(to_unban), batch):
             chunk = to_unban[start : start + batch]
+            await rows.wait(chunk)
             outcome.removed += await self._client.unban(jail, chunk, timeout=call_timeout)
             await self.listings.forget_bans(chunk)
             progress.advance(len(chunk))
@@ -368,7 +428,10 @@ class Importer:
         to_unban = sorted(e for e in listed - kept if e in ours)
         removed = 0
         batch = self._config().batch_size
+        banned_now = set(await self._client.banned(jail)) if to_unban else set()
+        rows = _RowsWritten(self._f2b_db, self._f2b_timeout(), jail, banned_now)
         for start in range(0, len(to_unban), batch):
+            await rows.wait(to_unban[start : start + batch])
             removed += await self._client.unban(
                 jail,
                 to_unban[start : start + batch],
@@ -377,6 +440,26 @@ class Importer:
         await self.listings.remove_source(source.id, to_unban)
         log.info("blocklist_source_removed", source_id=source.id, unbanned=removed)
         return removed
+
+
+class _RowsWritten:
+    """Before an unban: fail2ban's DB has the rows of the bans it lifts (see ban_rows).
+
+    One wait that runs out ends the waiting for the rest of the run: the DB is then
+    elsewhere or stuck, and every further batch would wait the same in vain.
+    """
+
+    def __init__(
+        self, db: Callable[[], str] | None, timeout: float, jail: str, banned_now: set[str]
+    ) -> None:
+        self._db, self._timeout, self._jail, self._banned_now = db, timeout, jail, banned_now
+
+    async def wait(self, chunk: Sequence[str]) -> None:
+        if self._db is None:
+            return
+        live = [e for e in chunk if e in self._banned_now]
+        if not await await_ban_rows(self._db(), self._jail, live, self._timeout):
+            self._db = None
 
 
 class _Progress:
@@ -408,11 +491,6 @@ def _raw_hash(chunks: Sequence[bytes]) -> str:
 def _raw_key(source_id: int) -> str:
     """daemon_state key of the hash of the downloaded bytes behind the listing."""
     return f"blocklist.raw_hash.{source_id}"
-
-
-def _feed_key(name: str) -> str:
-    """daemon_state key of the source id a feed (crowdsec) owns."""
-    return f"blocklist.feed.{name}"
 
 
 def _listed_key(source_id: int) -> str:

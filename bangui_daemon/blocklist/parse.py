@@ -60,8 +60,8 @@ _MAPPED_PREFIX: Final = 0xFFFF << 32  # ::ffff:0:0/96
 class TooManyEntries(InvalidArgument):
     """A list has more valid entries than the per-source cap allows."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the blocklist has more than {limit} entries")
+    def __init__(self, limit: int, message: str = "") -> None:
+        super().__init__(message or f"the blocklist has more than {limit:,} entries")
         self.limit = limit
 
 

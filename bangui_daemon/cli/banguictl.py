@@ -16,7 +16,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, TextIO
 
 from bangui_daemon.cli.ctl_args import build_parser
-from bangui_daemon.cli.ctl_blocklists import cmd_import, cmd_preview, cmd_runs, cmd_sources
+from bangui_daemon.cli.ctl_blocklists import (
+    cmd_import,
+    cmd_preview,
+    cmd_runs,
+    cmd_source,
+    cmd_sources,
+)
 from bangui_daemon.cli.ctl_context import EXIT_ERROR, PROG, Context, describe_error, exit_code_for
 from bangui_daemon.cli.ctl_core import (
     cmd_ban,
@@ -50,6 +56,7 @@ COMMANDS: Final[dict[str, Callable[[Context], Awaitable[int]]]] = {
     "top": cmd_top,
     "timeline": cmd_timeline,
     "sources": cmd_sources,
+    "source": cmd_source,
     "import": cmd_import,
     "preview": cmd_preview,
     "runs": cmd_runs,

@@ -214,6 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("sources", "blocklist sources")
 
+    p = add("source", "add, change, enable, disable or remove a blocklist source (admin)")
+    actions = p.add_subparsers(dest="source_action", metavar="ACTION", required=True)
+    a = actions.add_parser("add", help="add a source", description="add a source")
+    a.add_argument("name")
+    a.add_argument("url", help="http://, https:// or file:// (below blocklist.file_dir)")
+    a.add_argument("--disabled", action="store_true", help="add it without importing it")
+    _source_options(a)
+    u = actions.add_parser("update", help="change a source", description="change a source")
+    u.add_argument("source_id", type=_int_arg(1), metavar="ID")
+    u.add_argument("--name")
+    u.add_argument("--url")
+    _source_options(u)
+    for action, text in (
+        ("remove", "remove a source and unban what only it listed"),
+        ("enable", "import a source again on schedule"),
+        ("disable", "stop importing a source (its bans stay)"),
+    ):
+        x = actions.add_parser(action, help=text, description=text)
+        x.add_argument("source_id", type=_int_arg(1), metavar="ID")
+
     p = add("import", "import a blocklist source now (admin)")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("source_id", nargs="?", type=_int_arg(1), metavar="SOURCE_ID")
@@ -230,6 +250,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("lookup", "geo lookup of addresses")
     p.add_argument("ips", nargs="+", type=_ip_arg, metavar="IP")
     return parser
+
+
+def _source_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--interval",
+        type=_interval_arg,
+        default=None,
+        help="how often to import it, e.g. 1h, 1d (0 = the blocklist_import task's)",
+    )
+    p.add_argument(
+        "--max-entries",
+        type=_int_arg(0, 10_000_000),
+        default=None,
+        help="this source's entry cap (0 = blocklist.max_entries)",
+    )
+
+
+def _interval_arg(text: str) -> int:
+    if text.strip() == "0":
+        return 0
+    return _duration_arg(text)
 
 
 # --- errors ------------------------------------------------------------------------------

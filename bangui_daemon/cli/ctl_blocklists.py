@@ -9,6 +9,7 @@ from bangui_daemon.cli import render
 from bangui_daemon.cli.ctl_context import (
     EXIT_ERROR,
     EXIT_OK,
+    EXIT_USAGE,
     PROG,
     Context,
     as_int,
@@ -34,18 +35,67 @@ async def cmd_sources(ctx: Context) -> int:
                 as_int(s.get("id")),
                 s.get("name", ""),
                 "yes" if s.get("enabled") else "no",
+                as_text(s.get("managed")) or "-",
+                render.format_duration(as_int(s.get("interval"))) if s.get("interval") else "-",
                 ctx.rel(s.get("last_run"), "never"),
                 s.get("last_status", "") or "-",
+                as_int(s.get("listed")),
                 as_int(s.get("last_imported")),
-                shorten(s.get("url", ""), 60),
+                shorten(s.get("url", ""), 50),
             ]
             for s in sources
         ]
-        headers = ("id", "name", "enabled", "last run", "status", "imported", "url")
+        headers = (
+            "id", "name", "enabled", "managed", "every", "last run", "status", "entries",
+            "imported", "url",
+        )  # fmt: skip
         return render.table(headers, rows, empty="no blocklist sources")
 
     ctx.emit(sources, text)
     return EXIT_OK
+
+
+async def cmd_source(ctx: Context) -> int:
+    """`source add|update|remove|enable|disable`: change the sources over D-Bus."""
+    a = ctx.args
+    action: str = a.source_action
+    if action == "add":
+        source_id = await ctx.client.add_source(a.name, a.url, not a.disabled)
+        changes = _option_changes(a)
+        if changes:
+            await ctx.client.update_source(source_id, changes)
+        ctx.emit({"id": source_id}, lambda: f"added source {source_id} ({a.name})")
+        return EXIT_OK
+    source_id = a.source_id
+    if action == "remove":
+        await ctx.client.remove_source(source_id)
+        ctx.emit({"id": source_id, "removed": True}, lambda: f"removed source {source_id}")
+        return EXIT_OK
+    if action in ("enable", "disable"):
+        update: dict[str, str | bool | int] = {"enabled": action == "enable"}
+    else:
+        update = _option_changes(a)
+        if a.name is not None:
+            update["name"] = a.name
+        if a.url is not None:
+            update["url"] = a.url
+        if not update:
+            ctx.err.write(f"{PROG}: source update: nothing to change (see --help)\n")
+            return EXIT_USAGE
+    await ctx.client.update_source(source_id, update)
+    ctx.emit({"id": source_id, **update}, lambda: f"source {source_id}: {action}d")
+    return EXIT_OK
+
+
+def _option_changes(args: object) -> dict[str, str | bool | int]:
+    changes: dict[str, str | bool | int] = {}
+    interval = getattr(args, "interval", None)
+    if interval is not None:
+        changes["interval"] = interval
+    max_entries = getattr(args, "max_entries", None)
+    if max_entries is not None:
+        changes["max_entries"] = max_entries
+    return changes
 
 
 IMPORT_KEYS: Final = (

@@ -8,9 +8,11 @@ import sys
 from bangui_daemon import __version__
 from bangui_daemon.config import DEFAULT_CONFIG_PATH, dump_config, load_config
 from bangui_daemon.errors import ConfigError
+from bangui_daemon.logging import report_error
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; the man page bangui-daemon(8) is generated from it."""
     parser = argparse.ArgumentParser(
         prog="bangui-daemon",
         description="Expose fail2ban on the system D-Bus as org.bangui.Daemon1.",
@@ -26,12 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="validate the config, print the effective config and exit (0 ok, 2 invalid)",
     )
     parser.add_argument("--version", action="version", version=f"bangui-daemon {__version__}")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the daemon (systemd's way: foreground, logs to stderr)."""
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
         if args.check_config:
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(run_daemon(config, args.config))
     except ConfigError as exc:
-        print(f"bangui-daemon: invalid configuration:\n{exc}", file=sys.stderr)
+        report_error(f"bangui-daemon: invalid configuration:\n{exc}")
         sys.exit(2)
 
 

@@ -28,6 +28,7 @@ def outcome_record(o: ImportOutcome, source_id: int | None = None) -> dict[str, 
         "invalid": Variant("u", o.invalid),
         "refused": Variant("u", o.refused),
         "error": Variant("s", o.error),
+        "reapplied": Variant("u", o.reapplied),
     }
     if source_id is not None:
         record["source_id"] = Variant("u", source_id)
@@ -78,6 +79,9 @@ class BlocklistsInterface(ServiceInterface):
                 "last_imported": Variant("u", s.last_imported),
                 "last_error": Variant("s", s.last_error),
                 "listed": Variant("u", s.listed),
+                "managed": Variant("s", s.managed),
+                "interval": Variant("x", s.interval),
+                "max_entries": Variant("u", s.max_entries),
             }
             for s in await self._service.list_sources()
         ]
@@ -113,6 +117,8 @@ class BlocklistsInterface(ServiceInterface):
             "refused": Variant("u", p.refused),
             "sample": Variant("as", p.sample),
             "refused_sample": Variant("as", p.refused_sample),
+            "max_entries": Variant("u", p.max_entries),
+            "over_limit": Variant("b", p.entries > p.max_entries),
         }
 
     @dbus_method("ImportAll", returns="aa{sv}")

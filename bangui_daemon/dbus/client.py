@@ -478,8 +478,8 @@ class DaemonClient:
             await self._call1(IFACE_BLOCKLISTS, "AddSource", "ssb", [name, url, enabled])
         )
 
-    async def update_source(self, source_id: int, changes: Mapping[str, str | bool]) -> None:
-        """UpdateSource (admin): change name, url and/or enabled."""
+    async def update_source(self, source_id: int, changes: Mapping[str, str | bool | int]) -> None:
+        """UpdateSource (admin): change name, url, enabled, interval, max_entries."""
         wrapped = {key: to_variant(value) for key, value in changes.items()}
         await self.call(IFACE_BLOCKLISTS, "UpdateSource", "ua{sv}", [source_id, wrapped])
 

@@ -61,7 +61,8 @@ class DbusServer:
             raise BusUnavailable(f"cannot connect to the {where} D-Bus: {exc}") from exc
         tolerate_full_send_buffer(bus)  # large replies must not cost the connection
         bus.add_message_handler(remember_message)
-        auth = Authorizer(bus, admin_group)
+        # polkit only where its name is protected: see dbus/auth.py
+        auth = Authorizer(bus, admin_group, use_polkit=where == "system")
         pump = SignalPump(bus)
         interfaces = (
             CoreInterface(state, parts.bans, parts.scheduler, parts.status, auth, parts.geo.fields),

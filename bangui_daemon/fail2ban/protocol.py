@@ -65,6 +65,10 @@ class RemoteError(Exception):
             return str(self.args[0])
         return str(self.args)
 
+    def __setstate__(self, state: object) -> None:
+        """Ignore the pickled attributes (sqlite3's error code, say): only args count,
+        and a reply must not be able to set `remote_class` or anything else."""
+
 
 class ForbiddenGlobalError(pickle.UnpicklingError):
     """A reply referenced a global outside the allow-list."""
@@ -78,7 +82,8 @@ def _remote_error_factory(qualname: str) -> Callable[..., RemoteError]:
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only builtin containers, scalars and exceptions."""
+    """Unpickler that resolves only builtin containers, scalars and exceptions; any
+    other class named ...Error or ...Exception becomes a RemoteError with its name."""
 
     def find_class(self, module: str, name: str) -> object:
         if module == "builtins":
@@ -87,9 +92,9 @@ class SafeUnpickler(pickle.Unpickler):
             obj = getattr(builtins, name, None)
             if isinstance(obj, type) and issubclass(obj, Exception):
                 return obj
-        elif module.startswith("fail2ban.") and (
-            name.endswith("Exception") or name.endswith("Error")
-        ):
+        elif name.isidentifier() and name.endswith(("Exception", "Error")):
+            # fail2ban's own errors, and those of what it uses (sqlite3.OperationalError
+            # "database is locked"): named, never imported, never instantiated.
             return _remote_error_factory(f"{module}.{name}")
         raise ForbiddenGlobalError(f"forbidden global {module}.{name} in fail2ban reply")
 

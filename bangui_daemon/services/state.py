@@ -28,13 +28,20 @@ class DaemonState:
         self._phase = STARTING
         self.fail2ban_connected = False
         self.fail2ban_version = ""
-        self._failing_tasks: set[str] = set()
+        self._failing_tasks: dict[str, str] = {}  # name -> its last error
         self.state = STARTING
+        self.reason = ""
 
     @property
     def failing_tasks(self) -> frozenset[str]:
         """Tasks whose last run did not end "ok"."""
         return frozenset(self._failing_tasks)
+
+    def _reason(self) -> str:
+        """Why the state is degraded, in words."""
+        causes = [] if self.fail2ban_connected else ["fail2ban unreachable"]
+        causes += [f"{name}: {error[:200]}" for name, error in sorted(self._failing_tasks.items())]
+        return "; ".join(causes)
 
     def set_phase(self, phase: str) -> None:
         """Move between starting, running and stopping."""
@@ -54,12 +61,12 @@ class DaemonState:
             changed["Fail2banVersion"] = version
         self._recompute(changed)
 
-    def task_result(self, name: str, status: str) -> None:
-        """Track tasks that fail, so State says "degraded" while any does."""
+    def task_result(self, name: str, status: str, error: str = "") -> None:
+        """Track tasks that fail, so State says "degraded" (and why) while any does."""
         if status == "ok":
-            self._failing_tasks.discard(name)
+            self._failing_tasks.pop(name, None)
         else:
-            self._failing_tasks.add(name)
+            self._failing_tasks[name] = error or status
         self._recompute({})
 
     def _recompute(self, changed: dict[str, object]) -> None:
@@ -69,9 +76,11 @@ class DaemonState:
             state = DEGRADED
         else:
             state = RUNNING
-        if state != self.state:
-            self.state = state
-            changed["State"] = state
-            log.info("daemon_state_changed", state=state)
+        reason = self._reason() if state == DEGRADED else ""
+        if state != self.state or reason != self.reason:
+            if state != self.state:
+                changed["State"] = state
+            self.state, self.reason = state, reason
+            log.info("daemon_state_changed", state=state, reason=reason)
         if changed:
             self._hub.publish(PropertiesChanged(changed))

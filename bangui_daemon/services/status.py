@@ -69,6 +69,8 @@ class StatusService:
         s = await self.status()
         if not s.fail2ban_connected:
             head = "fail2ban unreachable"
+        elif self._state.reason:
+            head = f"degraded ({self._state.reason})"
         elif s.last_history_sync:
             head = f"last sync {_ago(int(time.time()) - s.last_history_sync)}"
         else:

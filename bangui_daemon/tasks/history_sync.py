@@ -29,7 +29,7 @@ from bangui_daemon.tasks.scheduler import TaskResult
 log = structlog.get_logger(__name__)
 
 NAME = "history_sync"
-PAGE_ROWS = 20_000
+PAGE_ROWS = 5000
 RECENT_MAX = 20_000  # rows in the recent ip index before a run merges it
 MARK_ROWID = "history_sync.rowid"
 MARK_KEY = "history_sync.row_key"
@@ -103,6 +103,7 @@ class HistorySync:
                     self._events.added(page_added)
                     mark = upto
                     await asyncio.sleep(0)  # let D-Bus callers and fail2ban in between pages
+                holds = copy.holds
         except Fail2banDbMissing as exc:
             log.warning("history_sync_no_database", reason=str(exc))
             # the ban watch still archives: keep its recent ip index small
@@ -122,6 +123,10 @@ class HistorySync:
             merged_ip_index=merged,
             copy_seconds=round(copying, 3),
             seconds=round(seconds, 3),
+            # how long fail2ban's DB was read (its writer waits meanwhile): issue 17
+            f2b_reads=holds.count,
+            f2b_read_seconds=round(holds.total, 3),
+            f2b_longest_read_ms=round(holds.longest * 1000, 1),
         )
         return {"new_events": added, "rescanned": rescan, "high_water_mark": mark}
 

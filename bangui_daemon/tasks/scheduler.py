@@ -23,7 +23,7 @@ log = structlog.get_logger(__name__)
 
 TaskResult = Mapping[str, object]
 TaskFunction = Callable[[], Coroutine[Any, Any, TaskResult]]
-StatusListener = Callable[[str, str], None]
+StatusListener = Callable[[str, str, str], None]  # name, status, error ("" when ok)
 
 OK, FAILED, TIMEOUT = "ok", "failed", "timeout"
 
@@ -184,7 +184,7 @@ class Scheduler:
         except Exception as exc:
             status = FAILED
             result = {"error": str(exc) or type(exc).__name__}
-            log.exception("task_failed", task=job.name)
+            log.exception("task_failed", task=job.name, error=result["error"])
         finally:
             job.running = False
             job.current = None
@@ -200,7 +200,7 @@ class Scheduler:
                 "task_finished", task=job.name, seconds=round(elapsed, 3)
             )
         if self._on_status is not None:
-            self._on_status(job.name, status)
+            self._on_status(job.name, status, str(result.get("error", "")))
         details = {**result, "duration_ms": int(elapsed * 1000)}
         self._hub.publish(TaskFinished(job.name, status, details))
         return status, result

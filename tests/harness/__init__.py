@@ -1,4 +1,5 @@
-"""Test harness: real fail2ban, a private system-like D-Bus, throw-away users, the daemon.
+"""Test harness: real fail2ban, a private system-like D-Bus and polkitd, throw-away users,
+the daemon.
 
 Plain classes and functions with no pytest dependency, so that ``tests/conftest.py``
 wraps them in fixtures and scripts (the demo) can drive the same pieces:
@@ -29,13 +30,15 @@ from tests.harness.daemon import (
     dump_toml,
 )
 from tests.harness.fail2ban import F2bClient, F2bError, F2bSandbox
+from tests.harness.polkit import PrivatePolkit
 from tests.harness.users import (
     ADMIN_GROUP,
     ADMIN_USER,
+    OPERATOR_USER,
     READER_USER,
+    AccountLease,
     NotRootError,
     TestUser,
-    ensure_test_users,
     run_as,
 )
 from tests.harness.util import REPO_ROOT, HarnessError, wait_until
@@ -45,8 +48,10 @@ __all__ = [
     "ADMIN_USER",
     "BUS_NAME",
     "OBJECT_PATH",
+    "OPERATOR_USER",
     "READER_USER",
     "REPO_ROOT",
+    "AccountLease",
     "DaemonProcess",
     "DaemonStartError",
     "F2bClient",
@@ -55,13 +60,13 @@ __all__ = [
     "HarnessError",
     "NotRootError",
     "Notification",
+    "PrivatePolkit",
     "PrivateSystemBus",
     "SignalMonitor",
     "TestUser",
     "build_config",
     "busctl",
     "dump_toml",
-    "ensure_test_users",
     "gdbus",
     "run_as",
     "wait_until",

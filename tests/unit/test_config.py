@@ -45,7 +45,7 @@ history_purge = 86400
 jail = "blocklist-import"
 max_bytes = 52428800
 timeout = 60
-max_entries = 100000
+max_entries = 250000             # raised from config.md's 100000: ipsum lists ~120,000
 min_prefix_v4 = 16
 min_prefix_v6 = 32
 allowlist = []                    # addresses and networks never banned by anything
@@ -114,6 +114,12 @@ BAD_VALUES: list[tuple[str, str, object]] = [
     ("blocklist", "file_dir", "lists"),
     ("blocklist", "ipsum_min_count", 0),
     ("blocklist", "batch_size", 0),
+    ("blocklist", "source", {"name": "x"}),
+    ("blocklist", "source", [{"name": "x"}]),
+    ("blocklist", "source", [{"name": "x", "url": "ftp://x/l"}]),
+    ("blocklist", "source", [{"name": "x", "url": "https://x/l", "interval": -30}]),
+    ("blocklist", "source", [{"name": "crowdsec", "url": "https://x/l"}]),
+    ("blocklist", "source", [{"name": "x", "url": "https://x/l", "colour": 1}]),
     ("geo", "country_db", "GeoLite2-Country.mmdb"),
     ("geo", "asn_db", None),
     ("geo", "retention_days", -5),
@@ -175,7 +181,8 @@ def test_config_is_frozen() -> None:
 def test_bad_value_names_the_key(section: str, key: str, value: object) -> None:
     [problem] = problems_of({section: {key: value}})
     assert problem.startswith(f"{section}.{key}: ")
-    assert "must be" in problem or "is not an IP address" in problem
+    reasons = ("must be", "is not an IP address", "is required", "is reserved", "unknown key")
+    assert any(reason in problem for reason in reasons), problem
 
 
 def test_every_key_has_a_bad_value_case() -> None:
@@ -392,6 +399,36 @@ def test_crowdsec_pull_and_push_switches() -> None:
     assert cfg.push_jails == ("sshd",)
     assert not Config().crowdsec.pull
     assert not Config().crowdsec.push
+
+
+def test_blocklist_sources_declared_as_tables() -> None:
+    cfg = parse_config(
+        tomllib.loads(
+            """
+[[blocklist.source]]
+name = "ipsum"
+url = "https://raw.example/ipsum.txt"
+interval = 86400
+
+[[blocklist.source]]
+name = "blocklist.de"
+url = "https://lists.example/all.txt"
+enabled = false
+max_entries = 50000
+"""
+        )
+    )
+    ipsum, de = cfg.blocklist.source
+    assert (ipsum.name, ipsum.interval, ipsum.enabled, ipsum.max_entries) == (
+        "ipsum",
+        86400,
+        True,
+        0,
+    )
+    assert (de.name, de.enabled, de.max_entries) == ("blocklist.de", False, 50000)
+    assert parse_config(tomllib.loads(dump_config(cfg))) == cfg
+    problems = problems_of({"blocklist": {"source": [{"name": "a", "url": "https://x/1"}] * 2}})
+    assert problems == ["blocklist.source: [1].name: 'a' is declared twice"]
 
 
 # ---------------------------------------------------------------- path keys (issue 9)

@@ -7,6 +7,7 @@ import contextlib
 import os
 import pickle
 import socket
+import sqlite3
 import struct
 import tempfile
 import time
@@ -47,6 +48,12 @@ class _Evil:
 
     def __reduce__(self) -> tuple[object, ...]:
         return (os.system, (f"touch {self.path}",))
+
+
+def _locked() -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError("database is locked")
+    exc.sqlite_errorcode, exc.sqlite_errorname = 5, "SQLITE_BUSY"  # as sqlite3 sets them
+    return exc
 
 
 def _exists(path: str) -> bool:
@@ -133,6 +140,8 @@ class FakeFail2ban:
                 return _reply("a<F2B_END_COMMAND>b")
             case ["evil"]:
                 return pickle.dumps((0, _Evil(self.pwned)), protocol=5)
+            case ["locked"]:  # what fail2ban 1.0 sends when its DB stays locked 5 s
+                return pickle.dumps((1, _locked()), protocol=4)
             case ["bare"]:
                 return pickle.dumps("ERROR: pickle data was truncated", protocol=5)
             case ["shutdown"]:
@@ -249,6 +258,22 @@ async def test_forbidden_global_is_refused(client: Fail2banClient, fake: FakeFai
     assert not _exists(fake.pwned)
     await client.ping()
     assert fake.connections == 2
+
+
+async def test_error_of_fail2ban_s_sqlite_is_named_with_its_text(
+    client: Fail2banClient, fake: FakeFail2ban
+) -> None:
+    """Issue 17: sqlite3.OperationalError was refused as a forbidden global, which made
+    fail2ban look unreachable; it is fail2ban's error, the connection stays."""
+    with pytest.raises(Fail2banCommandError) as info:
+        await client.call("locked")
+    assert (info.value.remote_class, info.value.remote_message) == (
+        "OperationalError",
+        "database is locked",
+    )
+    assert "OperationalError: database is locked" in str(info.value)
+    await client.ping()
+    assert fake.connections == 1
 
 
 async def test_command_error_keeps_connection(client: Fail2banClient, fake: FakeFail2ban) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sqlite3
 import struct
 import time
 from collections.abc import Iterator
@@ -96,6 +97,25 @@ def test_safe_loads_maps_fail2ban_exception_to_stand_in() -> None:
     assert isinstance(exc, protocol.RemoteError)
     assert exc.remote_class == "fail2ban.exceptions.UnknownJailException"
     assert protocol.describe_remote_error(exc) == ("UnknownJailException", "nosuchjail")
+
+
+def test_safe_loads_names_any_error_class_without_importing_it() -> None:
+    """sqlite3.OperationalError (fail2ban's DB locked) arrives with a state dict; the
+    stand-in keeps the class name and the text, and takes no attribute from the reply."""
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = 5
+    code, exc = protocol.interpret_reply(protocol.safe_loads(pickle.dumps((1, locked))))
+    assert code == 1
+    assert isinstance(exc, protocol.RemoteError)
+    assert exc.remote_class == "sqlite3.OperationalError"
+    assert protocol.describe_remote_error(exc) == ("OperationalError", "database is locked")
+    assert not hasattr(exc, "sqlite_errorcode")
+    forged = remote_exception_pickle("evil.mod", "BadError", "x")[:-2]  # before TUPLE2
+    # EMPTY_DICT, "remote_class": "os.system", SETITEM, BUILD, TUPLE2, STOP
+    forged += b"}X\x0c\x00\x00\x00remote_classX\x09\x00\x00\x00os.systemsb\x86."
+    code, exc = protocol.interpret_reply(protocol.safe_loads(forged))
+    assert isinstance(exc, protocol.RemoteError)
+    assert exc.remote_class == "evil.mod.BadError"
 
 
 @pytest.mark.parametrize(

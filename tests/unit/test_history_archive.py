@@ -244,9 +244,10 @@ async def test_live_events_are_filled_from_fail2ban_not_doubled(
     await events.load()
     rows = ban_rows(8, start=1)  # ips 45.0.0.1 .. 45.0.0.8
     jail, ip, t, bantime, data = rows[0]
+    # the live view's bantime is end - start of `banip --with-time`: a second or three off
     added = await events.record_live(
         [
-            LiveEvent("ban", jail, ip, t, bantime, "selfblock"),
+            LiveEvent("ban", jail, ip, t, bantime + 2, "selfblock"),
             LiveEvent("unban", jail, ip, t + 60, bantime, "selfblock"),
         ]
     )
@@ -255,9 +256,11 @@ async def test_live_events_are_filled_from_fail2ban_not_doubled(
     s = Synced(archive, db)
     assert (await s.sync.run())["new_events"] == 7
     got = await archive.fetchall(
-        "SELECT action, data, recorded_by FROM ban_events WHERE ip = ? ORDER BY action", (ip,)
+        "SELECT action, data, recorded_by, bantime FROM ban_events WHERE ip = ? ORDER BY action",
+        (ip,),
     )
-    assert [(a, r) for a, _d, r in got] == [("ban", "history_sync"), ("unban", "ban_watch")]
+    assert [(a, r) for a, _d, r, _b in got] == [("ban", "history_sync"), ("unban", "ban_watch")]
+    assert got[0][3] == bantime  # completed from fail2ban's row, like the other fields
     assert json.loads(got[0][1]) == data
     service = HistoryService(events, lambda _j: "selfblock", lambda: None, clock=lambda: NOW)
     history = await service.ip_history(ip)

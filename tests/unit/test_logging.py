@@ -7,13 +7,15 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import structlog
 
-from bangui_daemon.logging import configure_logging, get_logger
+from bangui_daemon.logging import _syslog_priority, configure_logging, get_logger, report_error
 
 _LOGFMT_PAIR = re.compile(r'([^\s=]+)=("(?:[^"\\]|\\.)*"|\S*)')
 
@@ -37,6 +39,7 @@ def parse_logfmt(line: str) -> dict[str, str]:
 def _restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Leave structlog and the root logger as other tests expect them."""
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # configure_logging sets it
     saved = structlog.get_config()
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
@@ -233,6 +236,107 @@ def test_journald_prefix_also_for_forced_json(
     record = json.loads(line[3:])
     assert record["event"] == "task_failed"
     assert "timestamp" not in record
+
+
+@pytest.mark.parametrize(
+    ("levelno", "priority"),
+    [
+        (logging.DEBUG, 7),
+        (5, 7),
+        (logging.INFO, 6),
+        (25, 6),
+        (logging.WARNING, 4),
+        (35, 4),
+        (logging.ERROR, 3),
+        (logging.CRITICAL, 2),
+        (60, 2),
+    ],
+)
+def test_syslog_priority_of_every_level(levelno: int, priority: int) -> None:
+    """sd-daemon(3): 7 debug, 6 info, 4 warning, 3 err, 2 crit; in-between levels round down."""
+    assert _syslog_priority(levelno) == priority
+
+
+def test_every_line_of_a_multi_line_entry_carries_the_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """journald reads `<N>` per line: a console traceback must not drop to info midway."""
+    with _journal_file(tmp_path, monkeypatch) as stream:
+        configure_logging("info", "console", stream=stream)
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            get_logger().exception("task_crashed")
+        stream.seek(0)
+        got = stream.read().splitlines()
+    assert len(got) > 3
+    assert all(line.startswith("<3>") for line in got), got
+
+
+def test_an_uncaught_exception_is_one_critical_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _journal_file(tmp_path, monkeypatch) as stream:
+        configure_logging("info", "auto", stream=stream)
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            sys.excepthook(*sys.exc_info())  # what the interpreter calls at a crash
+        stream.seek(0)
+        [line] = stream.read().splitlines()
+    assert line.startswith("<2>")
+    fields = parse_logfmt(line[3:])
+    assert fields["event"] == "uncaught_exception"
+    assert "RuntimeError: boom" in fields["exception"]
+
+
+@pytest.mark.parametrize("value", ["", "garbage", "1:", ":2", "a:b", "1:2:3"])
+def test_a_malformed_journal_stream_is_not_the_journal(
+    value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("JOURNAL_STREAM", value)
+    with open(tmp_path / "err", "w+", encoding="utf-8") as stream:
+        configure_logging("info", "auto", stream=stream)
+        get_logger().warning("fail2ban_slow")
+        stream.seek(0)
+        record = json.loads(stream.read())
+    assert record["event"] == "fail2ban_slow"
+    assert "timestamp" in record
+
+
+def test_report_error_before_logging_is_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "bangui-daemon: invalid configuration:\n[tasks] ban_watch: must be > 0"
+    plain = io.StringIO()
+    report_error(text, stream=plain)
+    assert plain.getvalue() == text + "\n"
+    with _journal_file(tmp_path, monkeypatch) as stream:
+        report_error(text, stream=stream)
+        stream.seek(0)
+        assert stream.read().splitlines() == [
+            "<3>bangui-daemon: invalid configuration:",
+            "<3>[tasks] ban_watch: must be > 0",
+        ]
+
+
+def test_the_daemon_reports_a_bad_config_to_the_journal_as_an_error(tmp_path: Path) -> None:
+    """The real entry point, with stderr as the journal would hand it over."""
+    config = tmp_path / "bangui.toml"
+    config.write_text("[tasks]\nban_watch = -1\n")
+    with open(tmp_path / "journal", "w+b") as journal:
+        st = os.fstat(journal.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        r = subprocess.run(
+            [sys.executable, "-m", "bangui_daemon", "--config", str(config)],
+            stderr=journal, stdout=subprocess.DEVNULL, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        journal.seek(0)
+        lines = journal.read().decode().splitlines()
+    assert r.returncode == 2
+    assert lines[0] == "<3>bangui-daemon: invalid configuration:"
+    assert len(lines) > 1
+    assert all(line.startswith("<3>") for line in lines), lines
 
 
 def test_inherited_journal_stream_of_another_file_is_ignored(

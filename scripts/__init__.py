@@ -1,0 +1,1 @@
+"""Build and demo helpers; a package so that tests import them by one module name."""
