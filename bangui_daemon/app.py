@@ -93,9 +93,9 @@ class Daemon:
         server = await DbusServer.start(
             cfg.dbus.bus, lambda: self.config.dbus.admin_group, self.hub, self.state, parts
         )
-        # One bounded refresh first, so READY comes with a true State and jail list.
+        # One bounded first snapshot, so READY comes with a true State and jail list.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(parts.bans.refresh(), cfg.fail2ban.timeout)
+            await asyncio.wait_for(parts.watch.start(), cfg.fail2ban.timeout)
         metrics_server = None
         if cfg.metrics.listen:
             metrics_server = MetricsServer(cfg.metrics.listen, parts.metrics.families)

@@ -106,4 +106,4 @@ class EventHub:
             try:
                 subscriber(event)
             except Exception:
-                log.exception("event_subscriber_failed", event=type(event).__name__)
+                log.exception("event_subscriber_failed", event_type=type(event).__name__)

@@ -24,8 +24,11 @@ from bangui_daemon.crowdsec.lapi import LapiClient
 from bangui_daemon.errors import ArchiveOpenError, ConfigError
 from bangui_daemon.events import EventHub
 from bangui_daemon.fail2ban.client import Fail2banClient
+from bangui_daemon.fail2ban.db_changes import FileChanges
+from bangui_daemon.fail2ban.db_tail import BanRowTail
 from bangui_daemon.geo.http_fallback import HttpGeoFallback
 from bangui_daemon.geo.lookup import MmdbResolver
+from bangui_daemon.services.ban_watch import BanWatch, DiffListener
 from bangui_daemon.services.bans import BanService
 from bangui_daemon.services.blocklists import BlocklistService
 from bangui_daemon.services.crowdsec import SOURCE as CROWDSEC_SOURCE
@@ -45,7 +48,7 @@ from bangui_daemon.tasks import (
     history_sync,
     metrics,
 )
-from bangui_daemon.tasks.ban_watch import BanWatch, DiffListener
+from bangui_daemon.tasks.ban_watch import BanWatchTask
 from bangui_daemon.tasks.blocklist_import import BlocklistImport
 from bangui_daemon.tasks.crowdsec import PULL, PUSH, PUSH_INTERVAL, CrowdsecPull, CrowdsecPush
 from bangui_daemon.tasks.geo_cache_cleanup import GeoCacheCleanup
@@ -67,6 +70,7 @@ class Components:
     client: Fail2banClient
     scheduler: Scheduler
     bans: BanService
+    watch: BanWatch
     status: StatusService
     history: HistoryService
     blocklists: BlocklistService
@@ -78,6 +82,7 @@ class Components:
 
     async def close(self) -> None:
         """Persist what is pending and release files and sockets (after the tasks stop)."""
+        await self.watch.stop()
         with contextlib.suppress(Exception):
             await self.geo.flush()
         if self.crowdsec is not None:
@@ -175,14 +180,22 @@ async def build(
         listeners.append(crowdsec.on_diff)
     watch = BanWatch(
         bans,
+        BanRowTail(cfg.fail2ban.database),
+        FileChanges(cfg.fail2ban.database),
         hub,
-        listeners,
+        geo.resolve_now,
+        lambda: config().tasks.ban_watch,
+        listeners=listeners,
         quiet_jail=importer.quiet_jail,
         busy_jail=importer.busy_jail,
     )
     tasks = cfg.tasks
     scheduler.add(
-        ban_watch.NAME, tasks.ban_watch, watch.run, timeout=cfg.fail2ban.timeout * 3, quiet=True
+        ban_watch.NAME,
+        tasks.ban_watch,
+        BanWatchTask(watch).run,
+        timeout=cfg.fail2ban.timeout * 3,
+        quiet=True,
     )
     scheduler.add(history_sync.NAME, tasks.history_sync, sync.run, timeout=3600)
     purge = HistoryPurge(events, lambda: config().archive.retention_days)
@@ -231,6 +244,7 @@ async def build(
         client,
         scheduler,
         bans,
+        watch,
         status,
         history,
         blocklists,

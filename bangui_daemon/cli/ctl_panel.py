@@ -197,9 +197,7 @@ class LinePrinter:
         self._ctx.out.flush()
 
 
-async def _follow(
-    ctx: Context, client: DaemonClient, printer: LinePrinter, stop: asyncio.Event
-) -> None:
+async def _follow(client: DaemonClient, printer: LinePrinter, stop: asyncio.Event) -> None:
     """Show the daemon's state on one bus connection until it ends or `stop` is set."""
     wake = asyncio.Event()
     storm = StormWindow()
@@ -262,7 +260,7 @@ async def cmd_panel(ctx: Context) -> int:
                 await client.connect(ctx.args.bus)
                 if ctx.ready is not None:
                     ctx.ready.set()
-                await _follow(ctx, client, printer, stop)
+                await _follow(client, printer, stop)
             except DaemonError:
                 pass  # the bus is unreachable or went away mid-call: offline, retry
             finally:

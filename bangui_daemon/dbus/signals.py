@@ -64,7 +64,7 @@ class SignalPump:
             try:
                 self._handlers[type(event)](event)
             except Exception:
-                log.exception("signal_emit_failed", event=type(event).__name__)
+                log.exception("signal_emit_failed", event_type=type(event).__name__)
             sent += 1
             if sent % PACE == 0:
                 await self._drain()

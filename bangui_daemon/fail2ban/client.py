@@ -102,6 +102,12 @@ class Fail2banClient:
 
     # ---------------------------------------------------------------- connection
 
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up, without asking fail2ban anything (a server
+        that went away has closed it: the read side is at EOF)."""
+        return self._connected()
+
     def _drop(self) -> None:
         writer, self._reader, self._writer = self._writer, None, None
         if writer is not None:

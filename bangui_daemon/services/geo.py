@@ -23,6 +23,7 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -184,6 +185,29 @@ class GeoService:
         if not entry.found:
             return NO_GEO
         return GeoFields(country_code=entry.country_code, asn=entry.asn, org=entry.org)
+
+    async def resolve_now(self, ips: Sequence[str]) -> None:
+        """Answer and store these addresses at once: a new ban's, before its BanAdded,
+        so ListBans (memory) and the archived event (country and ASN are copied from
+        geo_cache when it is written) carry them when a client asks on the signal.
+        Malformed addresses (fail2ban bans any string) are skipped."""
+        keys: list[str] = []
+        for ip in ips:
+            with contextlib.suppress(InvalidArgument):
+                keys.append(normalise_ip(ip))
+        if not keys:
+            return
+        await self.lookup_ips(keys)
+        async with self._lock:
+            entries = [self._pending.pop(ip) for ip in dict.fromkeys(keys) if ip in self._pending]
+            if not entries:
+                return
+            try:
+                self._count += await self._repo.upsert(entries)
+            except BaseException:
+                self._pending.update({e.ip: e for e in entries if e.ip not in self._pending})
+                raise
+        self._publish_count()
 
     # ---- the geo_resolve task ------------------------------------------------
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -24,6 +24,7 @@ from bangui_daemon.archive.events_repo import EventsRepository
 from bangui_daemon.archive.f2b_copy import Fail2banCopy, Fail2banDbMissing
 from bangui_daemon.archive.state_repo import get_state, put_state
 from bangui_daemon.events import EventHub, HistorySynced
+from bangui_daemon.fail2ban.ban_rows import await_ban_rows
 from bangui_daemon.tasks.scheduler import TaskResult
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,7 @@ RECENT_MAX = 20_000  # rows in the recent ip index before a run merges it
 MARK_ROWID = "history_sync.rowid"
 MARK_KEY = "history_sync.row_key"
 LAST_SYNC = "history_sync.finished_at"
+ROW_WAIT = 5.0  # s an unban waits for fail2ban to write the rows of the ban it lifts
 
 
 class HistorySync:
@@ -67,8 +69,18 @@ class HistorySync:
             self._hub.publish(HistorySynced(int(str(result["new_events"]))))
         return result
 
-    async def capture_ip(self, ip: str) -> int:
-        """Archive every row fail2ban has for `ip`: called before an unban deletes them."""
+    async def capture_ip(self, ip: str, live_jails: Sequence[str] = ()) -> int:
+        """Archive every row fail2ban has for `ip`: called before an unban deletes them.
+
+        fail2ban writes a ban's rows after the ban (its observer thread): for the jails
+        that ban `ip` now, wait (ROW_WAIT s at most) until they are written, or the
+        unban would delete nothing and fail2ban's next start restore the ban.
+        """
+        deadline = time.monotonic() + ROW_WAIT
+        for jail in live_jails:
+            left = deadline - time.monotonic()
+            if left <= 0 or not await await_ban_rows(self._f2b_path(), jail, [ip], left):
+                break
         try:
             async with Fail2banCopy.open(self._archive, self._f2b_path()) as copy:
                 added = await copy.copy_ip(ip, self._blocklist_jail())

@@ -101,12 +101,13 @@ class Scheduler:
     async def stop(self) -> None:
         """Cancel every loop and running job and wait for them to end."""
         self._stopping = True
-        for job in self._jobs.values():
-            if job.current is not None:
-                job.current.cancel()
+        running = [job.current for job in self._jobs.values() if job.current is not None]
+        for task in running:
+            task.cancel()
         for loop in self._loops:
             loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        # the jobs too: the archive and the fail2ban socket close right after this
+        await asyncio.gather(*self._loops, *running, return_exceptions=True)
         self._loops.clear()
 
     def poke(self, name: str) -> None:
@@ -179,7 +180,9 @@ class Scheduler:
             result = {"error": f"timed out after {job.timeout:g} s"}
             log.error("task_timed_out", task=job.name, timeout=job.timeout)
         except asyncio.CancelledError:
-            job.current.cancel()
+            if not job.current.cancelling():  # cancelling twice would cut its cleanup short
+                job.current.cancel()
+            await asyncio.gather(job.current, return_exceptions=True)
             raise
         except Exception as exc:
             status = FAILED

@@ -55,7 +55,9 @@ def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
     result = bangui_daemon("--check-config", "--config", str(config))
     assert result.returncode == 0, result.stderr
     effective = tomllib.loads(result.stdout)
-    assert set(effective) == {"fail2ban", "archive", "dbus", "tasks", "blocklist", "geo", "log"}
+    assert set(effective) == {
+        "fail2ban", "archive", "dbus", "tasks", "blocklist", "geo", "metrics", "crowdsec", "log"
+    }  # fmt: skip
     assert effective["tasks"]["geo_resolve"] == 30
     assert effective["geo"]["retention_days"] == 7
     assert effective["blocklist"]["allowlist"] == ["192.0.2.0/24", "2001:db8::1/128"]

@@ -280,9 +280,9 @@ def test_banned_address_gets_country_and_asn_everywhere(
     wait_until(
         lambda: call(busctl, CORE, "ListBans", "suu", "sshd", "0", "10")[1] == 1, 10, "the ban"
     )
+    # resolved before its BanAdded went out (issue 13): the task finds it cached
     resolved = run_task(busctl, "geo_resolve")
-    assert resolved["resolved"] >= 1
-    assert resolved["found"] >= 1
+    assert resolved["cached"] >= 1
 
     entries = get_property(busctl, "CacheEntries", GEO)
     assert entries >= 1

@@ -7,6 +7,7 @@ injected (a fixed clock): nothing sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Iterable
@@ -15,8 +16,11 @@ from typing import Any
 
 import pytest
 
+from bangui_daemon.archive import f2b_copy
 from bangui_daemon.archive.db import Archive
 from bangui_daemon.archive.events_repo import EventsRepository, HistoryFilter, LiveEvent
+from bangui_daemon.archive.f2b_copy import Fail2banCopy
+from bangui_daemon.archive.state_repo import put_state
 from bangui_daemon.events import Event, EventHub, HistorySynced
 from bangui_daemon.services.history import HistoryService
 from bangui_daemon.tasks import history_sync
@@ -308,6 +312,49 @@ async def test_live_ban_one_second_before_its_row_is_the_same_ban(
     assert ban_keys(await archived(archive)) == f2b_keys(db)
 
 
+async def test_fail2ban_can_commit_while_a_page_is_archived(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: the page's archive transaction holds no lock on fail2ban's DB, so a
+    writer like fail2ban's commits at once (timeout 0) from inside that transaction."""
+    db = f2b_db(tmp_path / "f2b.sqlite3", ban_rows(3000))
+    commits: list[str] = []
+
+    async def put_state_and_write_fail2ban(conn: Any, key: str, value: str) -> None:
+        writer = sqlite3.connect(db, timeout=0, isolation_level=None)
+        try:
+            writer.execute("PRAGMA journal_mode = MEMORY")  # fail2ban's
+            writer.execute("BEGIN EXCLUSIVE")
+            writer.execute("DELETE FROM bips")
+            writer.execute("COMMIT")
+            commits.append(key)
+        finally:
+            writer.close()
+        await put_state(conn, key, value)
+
+    monkeypatch.setattr(f2b_copy, "put_state", put_state_and_write_fail2ban)
+    monkeypatch.setattr(history_sync, "PAGE_ROWS", 1000)
+    assert (await Synced(archive, db).sync.run())["new_events"] == 3000
+    assert len(commits) == 6  # mark and row key of each of the 3 pages
+
+
+async def test_ban_watch_rows_are_looked_up_in_the_page_by_index(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """With live rows pending, each page's align looks the page up by key: a scan of the
+    page for every live row stalled a first sync during a large import for minutes."""
+    events = EventsRepository(archive)
+    await events.load()
+    await events.record_live([LiveEvent("ban", "sshd", "45.9.0.1", NOW, 600, "selfblock")])
+    db = f2b_db(tmp_path / "f2b.sqlite3", ban_rows(100))
+    async with Fail2banCopy.open(archive, str(db)) as copy:
+        await copy.copy_range(0, 100, BLOCKLIST, {})
+        plan = await copy._conn.execute_fetchall("EXPLAIN QUERY PLAN " + copy._align)
+    details = [str(row[3]) for row in plan]
+    assert any("f2b_stage_key" in d for d in details), details
+    assert not any(d.split()[:2] == ["SCAN", "b"] for d in details), details  # the page
+
+
 async def test_capture_ip_before_unban(archive: Archive, tmp_path: Path) -> None:
     db = f2b_db(tmp_path / "f2b.sqlite3", ban_rows(10))
     s = Synced(archive, db)
@@ -316,6 +363,25 @@ async def test_capture_ip_before_unban(archive: Archive, tmp_path: Path) -> None
     assert s.counted == 1
     # the regular sync still copies the rest, and the captured row only once
     assert (await s.sync.run())["new_events"] == 9
+
+
+async def test_capture_ip_waits_for_the_row_of_a_live_ban(archive: Archive, tmp_path: Path) -> None:
+    """fail2ban writes the row of a ban after the ban: UnbanIp's capture waits for it,
+    or the unban deletes nothing and fail2ban restores the ban at its next start."""
+    db = f2b_db(tmp_path / "f2b.sqlite3", ban_rows(3))
+    s = Synced(archive, db)
+    capture = asyncio.ensure_future(s.sync.capture_ip("45.7.0.1", ["sshd"]))
+    await asyncio.sleep(0.3)
+    assert not capture.done()
+    conn = sqlite3.connect(db)  # fail2ban's observer, late
+    for table in ("bans", "bips"):
+        conn.execute(
+            f"INSERT INTO {table} (jail, ip, timeofban, bantime) VALUES (?, ?, 1, 60)",
+            ("sshd", "45.7.0.1"),
+        )
+    conn.commit()
+    conn.close()
+    assert await capture == 1
 
 
 async def test_missing_fail2ban_db_is_skipped(

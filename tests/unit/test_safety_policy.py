@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from dataclasses import replace
 from typing import cast
 
@@ -48,9 +49,6 @@ class FakeFail2ban:
 
     async def jail_counts(self, jail: str) -> JailCounts:
         return JailCounts(0, 0, 0, 0)
-
-    async def banned_with_time(self, jail: str) -> list[object]:
-        return []
 
 
 class FakeHost(HostAddresses):
@@ -127,7 +125,7 @@ async def test_banip_refuses_the_jails_ignoreip_and_leaves_fail2ban_alone(
     bans = BanService(
         cast(Fail2banClient, f2b), DaemonState(EventHub()), lambda: "x", policy.refusal
     )
-    await bans.refresh()
+    bans.reconcile(await bans.read_counts(), time.time())  # the jails, as the watch does
     with pytest.raises(Refused, match="ignoreip"):
         await bans.ban_ip("sshd", "45.98.0.7")
     with pytest.raises(Refused, match="documentation"):
