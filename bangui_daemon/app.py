@@ -234,6 +234,8 @@ def run_daemon(config: Config, config_path: str | None) -> int:
     configure_logging(config.log.level, config.log.format)
     try:
         return asyncio.run(Daemon(config, config_path).run())
+    except ConfigError:
+        raise  # a path that stat() could not judge: the command line says it, exit 2
     except BanguiError as exc:
         log.error("daemon_start_failed", error=str(exc))
         return 1

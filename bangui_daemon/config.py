@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -126,12 +127,52 @@ def _nonempty_string(value: object) -> str:
     return value
 
 
-def _absolute_path(value: object) -> object:
+def _absolute_path(value: object) -> str:
     path = _nonempty_string(value)
     if not os.path.isabs(path):
         # The daemon runs with cwd "/" under systemd; a relative path is a mistake.
         raise _InvalidError(f"must be an absolute path, got {_show(value)}")
     return path
+
+
+_KERNEL_FILESYSTEMS: Final = ("/proc", "/sys")
+
+
+def _path(kind: Literal["file", "directory", "socket"]) -> Check:
+    """An absolute path that can be what `kind` says, judged by stat() alone.
+
+    Catches, for --check-config and at start alike, what can never work: a parent
+    that is a regular file, a kernel filesystem, an existing path of the wrong kind.
+    Whatever stat() cannot tell (a permission) is left to the daemon, which names
+    the key when the path then fails.
+    """
+
+    def check(value: object) -> object:
+        path = _absolute_path(value)
+        real = os.path.realpath(path)
+        for top in _KERNEL_FILESYSTEMS:
+            if real == top or real.startswith(top + "/"):
+                raise _InvalidError(
+                    f"must not be under {top} (a kernel filesystem), got {_show(value)}"
+                )
+        probe = real
+        while True:
+            try:
+                mode = os.stat(probe).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                probe = os.path.dirname(probe)
+                continue
+            except OSError:
+                return path
+            break
+        if probe != real and not stat.S_ISDIR(mode):
+            raise _InvalidError(f"cannot exist: {_show(probe)} is not a directory")
+        if probe == real and stat.S_ISDIR(mode) != (kind == "directory"):
+            wrong = "is a directory" if kind != "directory" else "is not a directory"
+            raise _InvalidError(f"must name a {kind}, but {_show(value)} {wrong}")
+        return path
+
+    return check
 
 
 def _name(value: object) -> object:
@@ -219,8 +260,9 @@ def _listen_or_empty(value: object) -> object:
     return text
 
 
-def _absolute_path_or_empty(value: object) -> object:
-    return value if value == "" else _absolute_path(value)
+def _path_or_empty(kind: Literal["file", "directory", "socket"]) -> Check:
+    check = _path(kind)
+    return lambda value: value if value == "" else check(value)
 
 
 def _http_url_or_empty(value: object) -> object:
@@ -328,9 +370,9 @@ def _option(default: T, check: Check) -> T:
 class Fail2banConfig:
     """How to reach fail2ban: its control socket and its sqlite database."""
 
-    socket: str = _option("/run/fail2ban/fail2ban.sock", _absolute_path)
+    socket: str = _option("/run/fail2ban/fail2ban.sock", _path("socket"))
     """fail2ban's control socket (fail2ban.conf's socket)."""
-    database: str = _option("/var/lib/fail2ban/fail2ban.sqlite3", _absolute_path)
+    database: str = _option("/var/lib/fail2ban/fail2ban.sqlite3", _path("file"))
     """fail2ban's sqlite database (fail2ban.conf's dbfile); read only, to copy ban events into the
     archive.
     """
@@ -344,7 +386,7 @@ class Fail2banConfig:
 class ArchiveConfig:
     """The daemon's own history database; retention_days 0 keeps history forever."""
 
-    path: str = _option("/var/lib/bangui/archive.sqlite3", _absolute_path)
+    path: str = _option("/var/lib/bangui/archive.sqlite3", _path("file"))
     """The daemon's own history database (sqlite); created with its folder when missing."""
     retention_days: int = _option(365, _integer(0))
     """Archived ban events older than this many days are purged; 0 keeps them forever."""
@@ -407,10 +449,11 @@ class BlocklistConfig:
     min_prefix_v6: int = _option(32, _integer(0, 128))
     """IPv6 networks wider than this prefix length are never banned."""
     allowlist: tuple[str, ...] = _option((), _networks)
-    """Addresses and networks never banned by an import, e.g. ["198.51.100.0/24"]; loopback,
-    private ranges, the host's own addresses and the jail's ignoreip are refused anyway.
+    """Addresses and networks never banned (by BanIp or an import), e.g. ["45.33.12.0/24"];
+    the special-purpose ranges, the host's own addresses and the jail's ignoreip are
+    refused anyway.
     """
-    file_dir: str = _option("/etc/bangui/lists", _absolute_path)
+    file_dir: str = _option("/etc/bangui/lists", _path("directory"))
     """file:// blocklist sources must lie below this folder."""
     ipsum_min_count: int = _option(1, _integer(1))
     """In ipsum lists (address TAB count), entries listed by fewer blocklists than this are
@@ -429,10 +472,10 @@ class BlocklistConfig:
 class GeoConfig:
     """MMDB paths, cache retention and the optional (off by default) HTTP fallback."""
 
-    country_db: str = _option("/usr/share/GeoIP/GeoLite2-Country.mmdb", _absolute_path)
+    country_db: str = _option("/usr/share/GeoIP/GeoLite2-Country.mmdb", _path("file"))
     """MaxMind Country or City database (Debian: geoipupdate); missing means empty country fields.
     """
-    asn_db: str = _option("/usr/share/GeoIP/GeoLite2-ASN.mmdb", _absolute_path)
+    asn_db: str = _option("/usr/share/GeoIP/GeoLite2-ASN.mmdb", _path("file"))
     """MaxMind ASN database; missing means empty ASN fields."""
     retention_days: int = _option(90, _integer(0))
     """Cached geo answers not used for this many days are deleted; 0 keeps them forever."""
@@ -454,7 +497,7 @@ class MetricsConfig:
     """HOST:PORT to serve /metrics on, e.g. "127.0.0.1:9191" ("[::1]:9191" for IPv6); a
     non-loopback address is logged as a warning. Empty: no listener.
     """
-    textfile: str = _option("", _absolute_path_or_empty)
+    textfile: str = _option("", _path_or_empty("file"))
     """A file for node_exporter's textfile collector, rewritten atomically, e.g.
     "/var/lib/prometheus/node-exporter/bangui.prom". Empty: none.
     """
@@ -474,7 +517,7 @@ class CrowdsecConfig:
     """The Local API's URL, e.g. "http://127.0.0.1:8080/". Empty: CrowdSec is off (and a
     crowdsec source left from before is removed with its bans).
     """
-    bouncer_key_file: str = _option("", _absolute_path_or_empty)
+    bouncer_key_file: str = _option("", _path_or_empty("file"))
     """A file holding a bouncer key (cscli bouncers add): pull decisions into the source
     "crowdsec".
     """
@@ -482,7 +525,7 @@ class CrowdsecConfig:
     """Seconds between pulls of the decision stream."""
     machine_id: str = _option("", lambda v: v if v == "" else _name(v))
     """A machine login (cscli machines add): push our own bans as alerts."""
-    machine_password_file: str = _option("", _absolute_path_or_empty)
+    machine_password_file: str = _option("", _path_or_empty("file"))
     """A file holding that machine's password."""
     push_jails: tuple[str, ...] = _option((), _names)
     """Jails whose bans are pushed; empty = every jail but the blocklist jail."""

@@ -102,6 +102,10 @@ class ConfigError(BanguiError, ValueError):
     """A config key is unknown or has a wrong type or value; the message names it."""
 
 
+class ArchiveOpenError(BanguiError, OSError):
+    """The archive file cannot be created or opened at its path (the start names the key)."""
+
+
 class SchemaTooNew(BanguiError, RuntimeError):
     """The archive was written by a newer bangui-daemon than this one."""
 

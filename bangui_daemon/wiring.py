@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from bangui_daemon.archive.db import Archive, Migration
 from bangui_daemon.archive.events_repo import EventsRepository
 from bangui_daemon.archive.geo_repo import GeoCacheRepository
+from bangui_daemon.blocklist.host import HostAddresses, resolve_hostname
 from bangui_daemon.blocklist.importer import Importer
-from bangui_daemon.blocklist.policy import host_addresses
+from bangui_daemon.blocklist.safety import SafetyPolicy
 from bangui_daemon.config import Config
 from bangui_daemon.crowdsec.lapi import LapiClient
+from bangui_daemon.errors import ArchiveOpenError, ConfigError
 from bangui_daemon.events import EventHub
 from bangui_daemon.fail2ban.client import Fail2banClient
 from bangui_daemon.fail2ban.db_changes import FileChanges
@@ -35,7 +37,6 @@ from bangui_daemon.services.fail2ban_setup import Fail2banSetupCheck
 from bangui_daemon.services.geo import GeoService
 from bangui_daemon.services.history import HistoryService
 from bangui_daemon.services.metrics import MetricsService, TaskStat
-from bangui_daemon.services.safety import SafetyPolicy
 from bangui_daemon.services.state import DaemonState
 from bangui_daemon.services.status import StatusService
 from bangui_daemon.tasks import (
@@ -105,7 +106,10 @@ async def build(
 ) -> Components:
     """Open the archive (migrating it) and build the rest on top of it."""
     cfg = config()
-    archive = await Archive.open(cfg.archive.path, on_migration=on_migration)
+    try:
+        archive = await Archive.open(cfg.archive.path, on_migration=on_migration)
+    except ArchiveOpenError as exc:
+        raise ConfigError(f"archive.path: {exc}") from None
     client = Fail2banClient(cfg.fail2ban.socket, cfg.fail2ban.timeout)
     scheduler = Scheduler(hub, state.task_result)
 
@@ -129,13 +133,15 @@ async def build(
     geo = GeoService(GeoCacheRepository(archive), resolver, fallback, hub=hub)
     await geo.load()
 
-    # Resolving the host name may wait on DNS: keep it off the event loop.
-    safety = SafetyPolicy(config, await asyncio.to_thread(host_addresses))
+    # Resolving the host name may wait on DNS: once, off the event loop. The
+    # interfaces' addresses are re-read at every decision (see SafetyPolicy).
+    host = HostAddresses(await asyncio.to_thread(resolve_hostname))
+    safety = SafetyPolicy(lambda: config().blocklist, client, host)
     bans = BanService(
         client,
         state,
         lambda: config().blocklist.jail,
-        safety.checker,
+        safety.refusal,
         before_unban=sync.capture_ip,
     )
     history = HistoryService(events, bans.origin, lambda: scheduler.poke(history_sync.NAME))
@@ -152,7 +158,7 @@ async def build(
         hub,
         lambda: config().blocklist,
         lambda: config().fail2ban.timeout,
-        safety.host_addresses,
+        safety,
         fail2ban_db=lambda: config().fail2ban.database,
     )
     blocklists = BlocklistService(importer)

@@ -25,7 +25,7 @@ from typing import Any
 import aiosqlite
 import structlog
 
-from bangui_daemon.errors import NotEnoughSpace, SchemaTooNew
+from bangui_daemon.errors import ArchiveOpenError, NotEnoughSpace, SchemaTooNew
 
 log = structlog.get_logger(__name__)
 
@@ -77,11 +77,17 @@ class Archive:
 
         `on_migration` is told before each step: a step may rebuild a large table.
         """
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        writer = await _connect(path)
         try:
-            await writer.execute("PRAGMA journal_mode=WAL")
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            writer = await _connect(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise ArchiveOpenError(f"cannot open {path}: {_why(exc)}") from None
+        try:
+            try:
+                await writer.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
+                raise ArchiveOpenError(f"cannot open {path}: {_why(exc)}") from None
             await _migrate(
                 writer,
                 path,
@@ -182,6 +188,13 @@ class Archive:
     async def schema_version(self) -> int:
         """Return the applied schema version."""
         return int(await self.scalar("SELECT version FROM schema_version") or 0)
+
+
+def _why(exc: BaseException) -> str:
+    """The reason alone: an OSError's text without its repr of the path."""
+    if isinstance(exc, FileExistsError | NotADirectoryError):  # from mkdir(parents=True)
+        return "a part of its directory is not a directory"
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 async def _connect(

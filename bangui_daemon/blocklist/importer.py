@@ -36,7 +36,7 @@ from bangui_daemon.archive.sources_repo import SourceRow, SourcesRepository
 from bangui_daemon.archive.state_repo import get_state, put_state
 from bangui_daemon.blocklist.fetch import FetchError, FetchResult, check_url, fetch
 from bangui_daemon.blocklist.parse import ParseResult, TooManyEntries, parse_blocklist
-from bangui_daemon.blocklist.policy import BanPolicy
+from bangui_daemon.blocklist.safety import SafetyPolicy
 from bangui_daemon.config import BlocklistConfig
 from bangui_daemon.errors import BanguiError, InvalidArgument
 from bangui_daemon.events import EventHub, ImportFinished, ImportProgress, ImportStarted
@@ -101,7 +101,7 @@ class Importer:
         hub: EventHub,
         config: Callable[[], BlocklistConfig],
         fail2ban_timeout: Callable[[], float],
-        host_addresses: Sequence[str],
+        safety: SafetyPolicy,
         clock: Callable[[], float] = time.time,
         fail2ban_db: Callable[[], str] | None = None,
     ) -> None:
@@ -114,7 +114,7 @@ class Importer:
         self._config = config
         self._f2b_timeout = fail2ban_timeout
         self._f2b_db = fail2ban_db
-        self._host = list(host_addresses)
+        self._safety = safety
         self._clock = clock
         self._running = 0
         self._quiet_until = 0.0
@@ -171,23 +171,13 @@ class Importer:
                 f"raise {key} to import it",
             ) from None
 
-    async def _policy(self, jail: str) -> BanPolicy:
-        cfg = self._config()
-        return BanPolicy(
-            min_prefix_v4=cfg.min_prefix_v4,
-            min_prefix_v6=cfg.min_prefix_v6,
-            allowlist=cfg.allowlist,
-            host_addresses=self._host,
-            ignoreip=await self._client.ignoreip(jail),
-        )
-
     async def preview(self, url: str) -> Preview:
         """A dry run: what an import of `url` would ban and refuse; nothing is stored."""
         jail = self._config().jail
         result = await self._download(url, None)
         limit, key = self._cap(None)
         parsed = await self._parse(result.chunks, limit * PREVIEW_FACTOR, key)
-        allowed, refused = (await self._policy(jail)).partition(parsed.entries)
+        allowed, refused = (await self._safety.policy(jail)).partition(parsed.entries)
         return Preview(
             entries=len(parsed.entries),
             invalid=parsed.invalid,
@@ -245,7 +235,7 @@ class Importer:
                 return current
             fetched = time.monotonic()
             parsed = await self._parse(result.chunks, *self._cap(source))
-            allowed, refused = (await self._policy(jail)).partition(parsed.entries)
+            allowed, refused = (await self._safety.policy(jail)).partition(parsed.entries)
             checked = time.monotonic()
         except (BanguiError, FetchError) as exc:
             await self.sources.record_outcome(source.id, now, FAILED, 0, error=str(exc))
@@ -326,7 +316,7 @@ class Importer:
             missing = sorted(listed - banned_now)
             if not missing:
                 return 0
-            lifted, _refused = (await self._policy(jail)).partition(missing)
+            lifted, _refused = (await self._safety.policy(jail)).partition(missing)
             listed_hash = await get_state(self._archive, _listed_key(source_id))
             run = None if listed_hash is None else await self.runs.find(source_id, listed_hash)
             run_id = run.id if run is not None else 0

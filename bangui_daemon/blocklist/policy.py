@@ -1,100 +1,38 @@
 """What must never be banned, decided fast enough for 100k-entry lists.
 
-The special-purpose ranges are an explicit table here instead of `ipaddress`'s
-``is_private``/``is_reserved`` flags: those flags changed between CPython 3.11 patch
-releases (e.g. 2002::/16 and 2001:20::/28 are "private" on 3.11.2 and not on 3.11.7),
-and a safety rule must not depend on the interpreter's patch level.
+The special addresses come from the one table in `special` (the IANA registries,
+followed completely; see there for what is refused and why). Every protected range
+(special, host address, ignoreip, allowlist) is flattened into one sorted table of
+disjoint integer intervals per family, each labelled with the highest-priority
+reason covering it, so a check is a bisect instead of a scan.
 
-Documentation ranges (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32,
-3fff::/20) are deliberately *allowed* by default although `ipaddress` calls them
-private: nothing on the internet routes them, so banning one can lock nobody out, and
-the daemon's end-to-end tests ban addresses such as 203.0.113.x. Set
-``refuse_documentation=True`` to refuse them anyway.
-
-Every protected range (built-in, host address, ignoreip, allowlist) is flattened into
-one sorted table of disjoint integer intervals per family, each labelled with the
-highest-priority reason covering it, so a check is a bisect instead of a scan.
+An IPv6 entry inside NAT64's 64:ff9b::/96 or 6to4's 2002::/16 is judged, once its
+own IPv6 protections pass, by the IPv4 address or network it embeds: a NAT64 or 6to4
+form of a private, allow-listed or host address is refused like the address itself.
 """
 
 from __future__ import annotations
 
-import array
-import contextlib
-import fcntl
+import ipaddress
 import re
-import socket
-import struct
-import sys
 from bisect import bisect_left
 from collections.abc import Iterable
-from enum import StrEnum
 from itertools import pairwise
-from pathlib import Path
 from typing import Final
 
-from bangui_daemon.blocklist.parse import entry_key, key_to_text
+from bangui_daemon.blocklist.host import unscoped
+from bangui_daemon.blocklist.parse import entry_key
+from bangui_daemon.blocklist.special import SPECIAL_BLOCKS, RefusalReason
 from bangui_daemon.errors import InvalidArgument
+
+__all__ = ["DEFAULT_MIN_PREFIX_V4", "DEFAULT_MIN_PREFIX_V6", "BanPolicy", "RefusalReason"]
 
 DEFAULT_MIN_PREFIX_V4: Final = 16
 DEFAULT_MIN_PREFIX_V6: Final = 32
 
-
-class RefusalReason(StrEnum):
-    """Why an entry must not be banned; declaration order is priority order."""
-
-    TOO_WIDE = "too_wide"
-    UNSPECIFIED = "unspecified"
-    LOOPBACK = "loopback"
-    LINK_LOCAL = "link_local"
-    MULTICAST = "multicast"
-    PRIVATE = "private"
-    SHARED = "shared"
-    SITE_LOCAL = "site_local"
-    DOCUMENTATION = "documentation"
-    RESERVED = "reserved"
-    HOST_ADDRESS = "host_address"
-    IGNOREIP = "ignoreip"
-    ALLOWLIST = "allowlist"
-    INVALID = "invalid"
-
-
-_R = RefusalReason
 _PRIORITY: Final = {reason: rank for rank, reason in enumerate(RefusalReason)}
-
-_SPECIAL: Final[tuple[tuple[str, RefusalReason], ...]] = (
-    ("0.0.0.0/32", _R.UNSPECIFIED),
-    ("0.0.0.0/8", _R.RESERVED),  # "this network"
-    ("10.0.0.0/8", _R.PRIVATE),
-    ("100.64.0.0/10", _R.SHARED),  # carrier-grade NAT
-    ("127.0.0.0/8", _R.LOOPBACK),
-    ("169.254.0.0/16", _R.LINK_LOCAL),
-    ("172.16.0.0/12", _R.PRIVATE),
-    ("192.0.0.0/24", _R.RESERVED),  # IETF protocol assignments
-    ("192.168.0.0/16", _R.PRIVATE),
-    ("198.18.0.0/15", _R.RESERVED),  # benchmarking
-    ("224.0.0.0/4", _R.MULTICAST),
-    ("240.0.0.0/4", _R.RESERVED),  # includes 255.255.255.255
-    ("::", _R.UNSPECIFIED),
-    ("::1", _R.LOOPBACK),
-    # Everything outside global unicast 2000::/3 (NAT64, discard, ULA, ...); the
-    # narrower rows below win where they overlap because of their priority.
-    ("::/3", _R.RESERVED),
-    ("4000::/2", _R.RESERVED),
-    ("8000::/1", _R.RESERVED),
-    ("2001::/23", _R.RESERVED),  # IETF protocol assignments (Teredo, ORCHID, ...)
-    ("fc00::/7", _R.PRIVATE),  # unique local
-    ("fe80::/10", _R.LINK_LOCAL),
-    ("fec0::/10", _R.SITE_LOCAL),
-    ("ff00::/8", _R.MULTICAST),
-)
-_DOCUMENTATION: Final = (
-    "192.0.2.0/24",
-    "198.51.100.0/24",
-    "203.0.113.0/24",
-    "2001:db8::/32",
-    "3fff::/20",
-)
 _IGNOREIP_SPLIT: Final = re.compile(r"[\s,]+").split
+_V4_MASK: Final = (1 << 32) - 1
 
 
 def _span(key: bytes) -> tuple[int, int, int, int]:
@@ -137,6 +75,53 @@ class _Table:
                 self.reasons.append(reasons[best])
 
 
+def _spans(text: str) -> tuple[int, int, int, int]:
+    """(family bits, first, last, prefix) of a table row, in its own family: unlike
+    `entry_key`, ::ffff:0:0/96 stays IPv6."""
+    network = ipaddress.ip_network(text)
+    first = int(network.network_address)
+    return network.max_prefixlen, first, int(network.broadcast_address), network.prefixlen
+
+
+def _without(
+    ranges: list[tuple[int, int, RefusalReason]], holes: list[tuple[int, int]]
+) -> list[tuple[int, int, RefusalReason]]:
+    """`ranges` with every (first, last) of `holes` cut out."""
+    for hole_first, hole_last in holes:
+        cut: list[tuple[int, int, RefusalReason]] = []
+        for first, last, reason in ranges:
+            if last < hole_first or first > hole_last:
+                cut.append((first, last, reason))
+                continue
+            if first < hole_first:
+                cut.append((first, hole_first - 1, reason))
+            if last > hole_last:
+                cut.append((hole_last + 1, last, reason))
+        ranges = cut
+    return ranges
+
+
+def _special_ranges() -> dict[int, list[tuple[int, int, RefusalReason]]]:
+    ranges: dict[int, list[tuple[int, int, RefusalReason]]] = {32: [], 128: []}
+    for block in SPECIAL_BLOCKS:
+        bits, first, last, _ = _spans(block.network)
+        if block.reason is not None:
+            ranges[bits].append((first, last, block.reason))
+    ranges[128] = _without(ranges[128], [(first, last) for first, last, _ in _EMBEDDING])
+    return ranges
+
+
+# (first, last, bit offset of the IPv4 address) of each block embedding one: the
+# table's rows without a reason; in both the IPv4 address follows the prefix.
+_EMBEDDING: Final = tuple(
+    (first, last, prefix)
+    for block in SPECIAL_BLOCKS
+    if block.reason is None
+    for _, first, last, prefix in [_spans(block.network)]
+)
+_SPECIAL_RANGES: Final = _special_ranges()
+
+
 class BanPolicy:
     """Decides, per address or network, whether a ban is allowed.
 
@@ -154,19 +139,17 @@ class BanPolicy:
         allowlist: Iterable[str] = (),
         host_addresses: Iterable[str] = (),
         ignoreip: Iterable[str] = (),
-        refuse_documentation: bool = False,
     ) -> None:
         """Build the tables; a malformed allowlist entry raises `InvalidArgument`.
 
         Host addresses and ignoreip come from the system and fail2ban, so what does
         not parse there (hostnames, ``file:`` references) is skipped; the allowlist is
         the operator's own promise and must not silently lose an entry.
-        Documentation ranges are allowed unless `refuse_documentation` (see module).
         """
         if not 0 <= min_prefix_v4 <= 32 or not 0 <= min_prefix_v6 <= 128:
             raise InvalidArgument("min_prefix_v4 must be 0..32 and min_prefix_v6 0..128")
         self._min_prefix = {32: min_prefix_v4, 128: min_prefix_v6}
-        ranges: dict[int, list[tuple[int, int, RefusalReason]]] = {32: [], 128: []}
+        ranges = {bits: list(found) for bits, found in _SPECIAL_RANGES.items()}
 
         def protect(text: str, reason: RefusalReason) -> bool:
             key = entry_key(text)
@@ -176,17 +159,12 @@ class BanPolicy:
             ranges[bits].append((first, last, reason))
             return True
 
-        for text, reason in _SPECIAL:
-            protect(text, reason)
-        if refuse_documentation:
-            for text in _DOCUMENTATION:
-                protect(text, RefusalReason.DOCUMENTATION)
         for text in host_addresses:
-            protect(_unscoped(text.strip()), RefusalReason.HOST_ADDRESS)
+            protect(unscoped(text.strip()), RefusalReason.HOST_ADDRESS)
         for item in ignoreip:
             for token in _IGNOREIP_SPLIT(item.strip()):
                 if token:
-                    protect(_unscoped(token), RefusalReason.IGNOREIP)
+                    protect(unscoped(token), RefusalReason.IGNOREIP)
         for text in allowlist:
             if not protect(text.strip(), RefusalReason.ALLOWLIST):
                 raise InvalidArgument(f"allowlist entry {text[:60]!r} is not an address or network")
@@ -202,6 +180,22 @@ class BanPolicy:
         if key is None:
             return RefusalReason.INVALID
         bits, first, last, prefix = _span(key)
+        reason = self._check(bits, first, last, prefix)
+        if reason is not None or bits == 32:
+            return reason
+        for block_first, block_last, offset in _EMBEDDING:
+            if first <= block_last and block_first <= last:
+                # Nested or disjoint (CIDR): clipped, the entry is the block or inside it.
+                shift = 128 - offset - 32
+                v4_first = (max(first, block_first) >> shift) & _V4_MASK
+                v4_last = (min(last, block_last) >> shift) & _V4_MASK
+                v4_prefix = min(32, max(0, prefix - offset))
+                reason = self._check(32, v4_first, v4_last, v4_prefix)
+                if reason is not None:
+                    return reason
+        return None
+
+    def _check(self, bits: int, first: int, last: int, prefix: int) -> RefusalReason | None:
         table = self._tables[bits]
         too_wide = prefix < self._min_prefix[bits]
         at = bisect_left(table.ends, first)
@@ -234,75 +228,3 @@ class BanPolicy:
             else:
                 refused.append((entry, reason))
         return allowed, refused
-
-
-def _unscoped(text: str) -> str:
-    """Drop an IPv6 zone ("fe80::1%eth0"), which fail2ban and the kernel may show."""
-    return text.split("%", 1)[0] if ":" in text else text
-
-
-def _parse_fib_trie(text: str) -> set[str]:
-    """Return the local IPv4 addresses listed in /proc/net/fib_trie.
-
-    Each leaf line ``|-- A.B.C.D`` is followed by its routes; ``/32 host LOCAL``
-    marks an address configured on this host.
-    """
-    found: set[str] = set()
-    leaf = ""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("|-- "):
-            leaf = stripped[4:]
-        elif stripped == "/32 host LOCAL" and leaf:
-            found.add(leaf)
-    return found
-
-
-def _parse_if_inet6(text: str) -> set[str]:
-    """Return the addresses in /proc/net/if_inet6 (32 hex digits, then fields)."""
-    found: set[str] = set()
-    for line in text.splitlines():
-        fields = line.split()
-        if fields and len(fields[0]) == 32:
-            with contextlib.suppress(ValueError):
-                found.add(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(fields[0])))
-    return found
-
-
-def _ioctl_ipv4() -> set[str]:
-    """Return interface IPv4 addresses via SIOCGIFCONF, for when /proc/net is hidden."""
-    siocgifconf = 0x8912
-    record = 40 if struct.calcsize("P") == 8 else 32  # sizeof(struct ifreq)
-    buffer = array.array("B", bytes(record * 128))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        # struct ifconf {int ifc_len; char *ifc_buf;}, natively aligned like "iP".
-        request = struct.pack("iP", len(buffer), buffer.buffer_info()[0])
-        length = struct.unpack("iP", fcntl.ioctl(sock.fileno(), siocgifconf, request))[0]
-    data = buffer.tobytes()
-    found: set[str] = set()
-    for offset in range(0, min(length, len(data)) - record + 1, record):
-        family = int.from_bytes(data[offset + 16 : offset + 18], sys.byteorder)
-        if family == socket.AF_INET:
-            found.add(socket.inet_ntoa(data[offset + 20 : offset + 24]))
-    return found
-
-
-def host_addresses(proc_net: str = "/proc/net") -> list[str]:
-    """Return this host's own addresses, normalised and sorted; never raises.
-
-    Combines the hostname's resolution (may consult DNS: call it off the event
-    loop), /proc/net/fib_trie and /proc/net/if_inet6, and SIOCGIFCONF for hardened
-    units where /proc/net is not visible. Whatever source fails is skipped.
-    """
-    found: set[str] = set()
-    with contextlib.suppress(OSError, UnicodeError, ValueError):
-        for *_, sockaddr in socket.getaddrinfo(socket.gethostname(), None):
-            found.add(str(sockaddr[0]))
-    with contextlib.suppress(OSError, ValueError):
-        found |= _parse_fib_trie(Path(proc_net, "fib_trie").read_text(errors="replace"))
-    with contextlib.suppress(OSError, ValueError):
-        found |= _parse_if_inet6(Path(proc_net, "if_inet6").read_text(errors="replace"))
-    with contextlib.suppress(OSError, ValueError, struct.error):
-        found |= _ioctl_ipv4()
-    keys = {key for text in found if (key := entry_key(_unscoped(text))) is not None}
-    return [key_to_text(k) for k in sorted(keys, key=lambda k: (len(k) > 5, k))]

@@ -36,15 +36,15 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config)
+        if args.check_config:
+            sys.stdout.write(dump_config(config))
+            sys.exit(0)
+        from bangui_daemon.app import run_daemon  # imported late: --check-config needs no D-Bus
+
+        sys.exit(run_daemon(config, args.config))
     except ConfigError as exc:
         report_error(f"bangui-daemon: invalid configuration:\n{exc}")
         sys.exit(2)
-    if args.check_config:
-        sys.stdout.write(dump_config(config))
-        sys.exit(0)
-    from bangui_daemon.app import run_daemon  # imported late: --check-config needs no D-Bus
-
-    sys.exit(run_daemon(config, args.config))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from bangui_daemon.services.state import DaemonState
 log = structlog.get_logger(__name__)
 
 BanKey = tuple[str, str]  # (jail, ip)
-RefusalCheck = Callable[[str], str | None]
+RefusalCheck = Callable[[str, str], Awaitable[str | None]]  # (jail, address) -> reason
 MAX_PAGE = 1000
 ASK_CHUNK = 1000  # addresses per `get JAIL banned ...`
 SLACK = 1  # s: fail2ban's row rounds the time of ban, the list truncates it
@@ -77,7 +77,7 @@ class BanService:
         client: Fail2banClient,
         state: DaemonState,
         blocklist_jail: Callable[[], str],
-        refusal: Callable[[], RefusalCheck],
+        refusal: RefusalCheck,
         before_unban: Callable[[str, list[str]], Awaitable[object]] | None = None,
     ) -> None:
         self._client = client
@@ -367,10 +367,11 @@ class BanService:
         """Ban one address in `jail`; True when fail2ban did not have it yet."""
         address = parse_address(ip)
         self._require_jail(jail)
-        reason = self._refusal()(address)
-        if reason is not None:
-            raise Refused(f"refusing to ban {address}: {reason}")
         try:
+            # Asked at each ban: the jail's ignoreip and the host's addresses as of now.
+            reason = await self._refusal(jail, address)
+            if reason is not None:
+                raise Refused(f"refusing to ban {address}: {reason}")
             newly = await self._client.ban(jail, [address])
         except Fail2banCommandError as exc:
             raise InvalidArgument(f"fail2ban refused the ban: {exc.remote_message}") from exc

@@ -183,7 +183,7 @@ def test_watch_prints_a_live_ban_then_bans_lists_it(
 
 
 def test_ban_and_unban_as_root(f2b: F2bSandbox, daemon: DaemonProcess, ctl: Ctl) -> None:
-    ip = "203.0.113.20"
+    ip = "45.113.0.20"
     assert ok(ctl("ban", "sshd", ip)).strip() == f"banned {ip} in sshd"
     assert ip in f2b.banned("sshd")
     assert ok(ctl("ban", "sshd", ip)).strip() == f"{ip} was already banned in sshd"

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from bangui_daemon.blocklist.policy import host_addresses
+from bangui_daemon.blocklist.host import HostAddresses
 from tests.harness.daemon import DaemonProcess
 from tests.harness.fail2ban import F2bSandbox
 from tests.harness.util import REPO_ROOT, wait_until
@@ -255,7 +255,7 @@ def test_not_modified_answer_is_unchanged_without_download(
 
 # ------------------------------------------------------------------- refusals
 def _own_address() -> str:
-    own = [a for a in host_addresses() if a not in ("127.0.0.1", "::1")]
+    own = [a for a in HostAddresses(set()).current() if a not in ("127.0.0.1", "::1")]
     assert own, "the host has no address besides loopback"
     return own[0]
 
@@ -274,24 +274,36 @@ def test_protected_entries_are_refused_and_never_banned(
         "45.99.0.7",  # allow-listed
         "45.98.0.1",  # the jail's ignoreip
         "32.0.0.0/4",
+        # issue 9/11: documentation and the other special-purpose blocks, as lists
+        # like FireHOL level1 carry them (entries written in their normalised form)
+        "192.0.2.77",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "2001:db8::/32",
+        "3fff::1",
+        "198.18.0.0/15",
+        "0.0.0.0/8",
+        "192.88.99.0/24",
+        "64:ff9b::a00:1",  # NAT64 form of 10.0.0.1
+        "2002:2d63:7::/48",  # 6to4 site of the allow-listed 45.99.0.7
     ]
-    good = "45.12.0.1"
-    lists.lists["p"] = body([*protected, good])
+    good = ["45.12.0.1", "64:ff9b::2d0c:2"]  # and NAT64's form of 45.12.0.2
+    lists.lists["p"] = body([*protected, *good])
     (preview,) = call(busctl, BLOCKLISTS, "PreviewSource", "s", lists.url("/list/p"))
     assert preview["refused"] == len(protected)
-    assert preview["sample"] == [good]
+    assert preview["sample"] == good
     assert sorted(r.split(" ")[0] for r in preview["refused_sample"]) == sorted(protected)
     assert jail_bans(f2b) == set()  # a preview bans nothing
 
     source = add_source(busctl, "protected", lists.url("/list/p"))
     result = import_source(busctl, source)
     assert result["status"] == "completed", result
-    assert (result["entries"], result["refused"], result["added"]) == (len(protected) + 1, 8, 1)
-    assert jail_bans(f2b) == {good}
-    assert set(actions(f2b)) == {f"+{good}"}
+    assert (result["entries"], result["refused"], result["added"]) == (20, 18, 2)
+    assert jail_bans(f2b) == set(good)
+    assert set(actions(f2b)) == {f"+{g}" for g in good}
     (run,) = runs(busctl, source)
     assert run["refused"] == len(protected)
-    assert run["imported"] == 1
+    assert run["imported"] == 2
 
 
 # --------------------------------------------------------------- bad sources

@@ -160,3 +160,54 @@ def test_archive_schema_newer_than_known_is_refused(
     with sqlite3.connect(archive) as conn:  # untouched
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(newer,)]
     conn.close()
+
+
+# ------------------------------------------------- paths that can never work (issue 9)
+def test_check_config_names_every_impossible_path(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    under_file = tmp_path / "file" / "x"
+    config = tmp_path / "bangui.toml"
+    config.write_text(
+        f'[fail2ban]\nsocket = "{under_file}"\ndatabase = "/proc/f2b.sqlite3"\n'
+        f'[archive]\npath = "{under_file}"\n[blocklist]\nfile_dir = "{tmp_path / "file"}"\n'
+        f'[geo]\ncountry_db = "/sys/c.mmdb"\nasn_db = "{tmp_path}"\n'
+    )
+    result = bangui_daemon("--check-config", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0] == "bangui-daemon: invalid configuration:"
+    keys = [line.removeprefix(f"{config}: ").split(":")[0] for line in lines[1:]]
+    assert keys == [
+        "fail2ban.socket",
+        "fail2ban.database",
+        "archive.path",
+        "blocklist.file_dir",
+        "geo.country_db",
+        "geo.asn_db",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc", "name_too_long"])
+def test_daemon_with_an_impossible_archive_path_exits_2_naming_it(
+    start_daemon: DaemonStarter, busctl: Runner, tmp_path: Path, where: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    path, reason = {
+        "under_a_file": (tmp_path / "file" / "archive.sqlite3", "is not a directory"),
+        "proc": (Path("/proc/archive.sqlite3"), "must not be under /proc"),
+        # stat() cannot judge it: the start finds it, and says so the same way
+        "name_too_long": (tmp_path / ("x" * 300) / "a.sqlite3", "File name too long"),
+    }[where]
+    with pytest.raises(DaemonStartError) as refused:
+        start_daemon(archive={"path": str(path)}, ready_timeout=20)
+    message = str(refused.value)
+    assert "exit code 2" in message
+    output = start_daemon.started[-1].output_lines  # type: ignore[attr-defined]
+    problems = [line for line in output if "archive.path: " in line]
+    assert len(problems) == 1, output
+    assert reason in problems[0]
+    assert "invalid configuration" in message
+    assert "Traceback" not in message
+    assert busctl("status", "org.bangui.Daemon1").returncode != 0  # never reached the bus

@@ -121,6 +121,8 @@ def test_unknown_task_is_not_found(daemon: DaemonProcess, gdbus: Runner) -> None
         ("sshd", "10.0.0.1", "Refused"),
         ("sshd", "::1", "Refused"),
         ("sshd", "45.99.0.7", "Refused"),
+        ("sshd", "192.0.2.1", "Refused"),  # documentation (issue 9)
+        ("sshd", "64:ff9b::a00:1", "Refused"),  # NAT64 form of 10.0.0.1
     ],
 )
 def test_banip_refuses_bad_and_protected_addresses(
@@ -134,9 +136,9 @@ def test_banip_refuses_bad_and_protected_addresses(
 def test_banip_as_root_bans_in_fail2ban(
     f2b: F2bSandbox, daemon: DaemonProcess, busctl: Runner
 ) -> None:
-    assert call(busctl, CORE, "BanIp", "ss", "sshd", "203.0.113.9") == [True]
-    assert call(busctl, CORE, "BanIp", "ss", "sshd", "203.0.113.9") == [False]
-    assert "203.0.113.9" in f2b.banned("sshd")
+    assert call(busctl, CORE, "BanIp", "ss", "sshd", "45.113.0.9") == [True]
+    assert call(busctl, CORE, "BanIp", "ss", "sshd", "45.113.0.9") == [False]
+    assert "45.113.0.9" in f2b.banned("sshd")
 
 
 def test_non_admin_is_denied_admin_methods_but_reads(
@@ -159,8 +161,8 @@ def test_admin_group_member_may_ban(
     f2b: F2bSandbox, daemon: DaemonProcess, busctl: Runner, test_users: Any
 ) -> None:
     admin = test_users["bgt-admin"]
-    assert call(busctl, CORE, "BanIp", "ss", "sshd", "203.0.113.10", user=admin) == [True]
-    assert "203.0.113.10" in f2b.banned("sshd")
+    assert call(busctl, CORE, "BanIp", "ss", "sshd", "45.113.0.10", user=admin) == [True]
+    assert "45.113.0.10" in f2b.banned("sshd")
 
 
 def test_daemon_checks_admin_itself_behind_the_policy(

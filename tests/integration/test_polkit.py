@@ -75,17 +75,17 @@ def test_a_polkit_rule_lets_a_user_outside_the_group_ban_and_nothing_more(
     assert not operator.is_admin
     assert not reader.is_admin
     # the rule: the operator may ban, with or without allowing interaction
-    assert ban(busctl, "203.0.113.20", operator, interactive=False) == "b true"
-    assert ban(busctl, "203.0.113.21", operator) == "b true"
-    assert {"203.0.113.20", "203.0.113.21"} <= set(f2b.banned("sshd"))
+    assert ban(busctl, "45.113.0.20", operator, interactive=False) == "b true"
+    assert ban(busctl, "45.113.0.21", operator) == "b true"
+    assert {"45.113.0.20", "45.113.0.21"} <= set(f2b.banned("sshd"))
     # ... and nothing else: the rule names manage-bans only
     assert error_name(gdbus, CORE, "RunTask", "ban_watch", user=operator) == DENIED
     assert error_name(gdbus, BLOCKLISTS, "ImportAll", user=operator) == DENIED
     # no rule for the reader: auth_admin_keep without an agent is a no, never a hang
     started = time.monotonic()
-    assert "Access denied" in ban(busctl, "203.0.113.22", reader)
+    assert "Access denied" in ban(busctl, "45.113.0.22", reader)
     assert time.monotonic() - started < 5
-    assert error_name(gdbus, CORE, "UnbanIp", "", "203.0.113.20", user=reader) == DENIED
+    assert error_name(gdbus, CORE, "UnbanIp", "", "45.113.0.20", user=reader) == DENIED
     # refused before its arguments are even looked at
     assert error_name(gdbus, CORE, "BanIp", "no-such-jail", "not an ip", user=reader) == DENIED
     assert [(d["method"], d["by"]) for d in denials(daemon, 5)] == [
@@ -95,21 +95,21 @@ def test_a_polkit_rule_lets_a_user_outside_the_group_ban_and_nothing_more(
         ("UnbanIp", "polkit"),
         ("BanIp", "polkit"),
     ]
-    assert "203.0.113.22" not in f2b.banned("sshd")
+    assert "45.113.0.22" not in f2b.banned("sshd")
     # reading stays open to everyone
     (status,) = call(busctl, CORE, "GetStatus", user=reader)
     assert status["fail2ban_connected"] is True
     assert call(busctl, CORE, "ListBans", "suu", "sshd", "0", "10", user=reader)[1] >= 2
     assert call(busctl, BLOCKLISTS, "ListSources", user=reader) == [[]]
     # the shipped rules file: the admin group may do everything without a password
-    assert ban(busctl, "203.0.113.23", admin, interactive=False) == "b true"
+    assert ban(busctl, "45.113.0.23", admin, interactive=False) == "b true"
     assert call(busctl, CORE, "RunTask", "s", "ban_watch", user=admin)[0]["status"]
 
     # polkitd goes away: the group decides again, at once, without a restart
     polkit.stop()
-    assert error_name(gdbus, CORE, "BanIp", "sshd", "203.0.113.24", user=operator) == DENIED
+    assert error_name(gdbus, CORE, "BanIp", "sshd", "45.113.0.24", user=operator) == DENIED
     assert denials(daemon, 6)[-1]["by"] == "group"
-    assert ban(busctl, "203.0.113.25", admin) == "b true"
+    assert ban(busctl, "45.113.0.25", admin) == "b true"
 
 
 @pytest.mark.polkit_rules(ADMIN_MAY_NOT)
@@ -124,9 +124,9 @@ def test_polkit_has_the_last_word_over_group_membership(
     """A rule refusing a member of bangui-admin wins over the group; root is always in."""
     admin = test_users["bgt-admin"]
     assert admin.is_admin
-    assert error_name(gdbus, CORE, "BanIp", "sshd", "203.0.113.30", user=admin) == DENIED
-    assert call(busctl, CORE, "BanIp", "ss", "sshd", "203.0.113.31") == [True]  # root
-    assert f2b.banned("sshd") == ["203.0.113.31"]
+    assert error_name(gdbus, CORE, "BanIp", "sshd", "45.113.0.30", user=admin) == DENIED
+    assert call(busctl, CORE, "BanIp", "ss", "sshd", "45.113.0.31") == [True]  # root
+    assert f2b.banned("sshd") == ["45.113.0.31"]
 
 
 def test_the_configured_admin_group_reaches_the_shipped_rules(
@@ -141,9 +141,9 @@ def test_the_configured_admin_group_reaches_the_shipped_rules(
     operator, admin = test_users["bgt-operator"], test_users["bgt-admin"]
     operators_group = grp.getgrgid(operator.gid).gr_name  # the user's own group
     start_daemon(dbus={"admin_group": operators_group})
-    assert ban(busctl, "203.0.113.40", operator, interactive=False) == "b true"
-    assert error_name(gdbus, CORE, "BanIp", "sshd", "203.0.113.41", user=admin) == DENIED
-    assert f2b.banned("sshd") == ["203.0.113.40"]
+    assert ban(busctl, "45.113.0.40", operator, interactive=False) == "b true"
+    assert error_name(gdbus, CORE, "BanIp", "sshd", "45.113.0.41", user=admin) == DENIED
+    assert f2b.banned("sshd") == ["45.113.0.40"]
 
 
 def test_polkitd_knows_our_actions(polkit: PrivatePolkit, test_users: dict[str, TestUser]) -> None:

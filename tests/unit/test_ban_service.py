@@ -22,11 +22,11 @@ from bangui_daemon.errors import (
 from bangui_daemon.events import EventHub, PropertiesChanged
 from bangui_daemon.fail2ban.client import BanEntry, Fail2banClient, JailCounts
 from bangui_daemon.models import ORIGIN_BLOCKLIST, ORIGIN_SELFBLOCK
-from bangui_daemon.services.bans import MAX_PAGE, BanService, RefusalCheck
+from bangui_daemon.services.bans import MAX_PAGE, BanService
 from bangui_daemon.services.state import DaemonState
 
 SSHD, BLOCKLIST = "sshd", "blocklist-import"
-HOST = "198.51.100.7"  # this host's own address: never banned
+HOST = "45.113.99.7"  # this host's own address: never banned
 
 
 class FakeFail2ban:
@@ -94,12 +94,15 @@ class Setup:
         self.archived: list[str] = []
         self.archive_fails = False
         policy = BanPolicy(host_addresses=[HOST])
-        check: RefusalCheck = policy.check
+
+        async def refusal(_jail: str, address: str) -> str | None:
+            return policy.check(address)
+
         self.service = BanService(
             cast(Fail2banClient, self.f2b),
             self.state,
             lambda: BLOCKLIST,
-            lambda: check,
+            refusal,
             before_unban=self._archive if before_unban else None,
         )
 
@@ -132,28 +135,28 @@ async def load(service: BanService) -> None:
 
 async def test_list_bans_pages_newest_first(s: Setup) -> None:
     for n in range(7):
-        s.f2b.put(SSHD if n % 2 else BLOCKLIST, f"203.0.113.{n}", 1000 + n)
+        s.f2b.put(SSHD if n % 2 else BLOCKLIST, f"45.113.0.{n}", 1000 + n)
     await load(s.service)
     page, total = s.service.list_bans("", 0, 3)
     assert total == 7
-    assert [b.ip for b in page] == ["203.0.113.6", "203.0.113.5", "203.0.113.4"]
+    assert [b.ip for b in page] == ["45.113.0.6", "45.113.0.5", "45.113.0.4"]
     page, total = s.service.list_bans("", 6, 3)
-    assert ([b.ip for b in page], total) == (["203.0.113.0"], 7)
+    assert ([b.ip for b in page], total) == (["45.113.0.0"], 7)
     page, total = s.service.list_bans(SSHD, 1, 10)
-    assert ([b.ip for b in page], total) == (["203.0.113.3", "203.0.113.1"], 3)
+    assert ([b.ip for b in page], total) == (["45.113.0.3", "45.113.0.1"], 3)
     assert s.service.list_bans("", 7, 3) == ([], 7)
 
 
 async def test_ties_in_time_are_ordered_by_jail_then_address(s: Setup) -> None:
-    s.f2b.put(SSHD, "203.0.113.2", 1000)
-    s.f2b.put(SSHD, "203.0.113.1", 1000)
-    s.f2b.put(BLOCKLIST, "203.0.113.3", 1000)
+    s.f2b.put(SSHD, "45.113.0.2", 1000)
+    s.f2b.put(SSHD, "45.113.0.1", 1000)
+    s.f2b.put(BLOCKLIST, "45.113.0.3", 1000)
     await load(s.service)
     page, _ = s.service.list_bans("", 0, 10)
     assert [(b.jail, b.ip) for b in page] == [
-        (BLOCKLIST, "203.0.113.3"),
-        (SSHD, "203.0.113.1"),
-        (SSHD, "203.0.113.2"),
+        (BLOCKLIST, "45.113.0.3"),
+        (SSHD, "45.113.0.1"),
+        (SSHD, "45.113.0.2"),
     ]
 
 
@@ -183,9 +186,9 @@ async def test_jails_are_unavailable_not_unknown_before_fail2ban_answered(s: Set
 
 async def test_ban_ip_bans_the_canonical_address(s: Setup) -> None:
     await load(s.service)
-    assert await s.service.ban_ip(SSHD, "2001:db8:0::0001") is True
-    assert s.f2b.log[-1] == ("ban", SSHD, "2001:db8::1")
-    assert await s.service.ban_ip(SSHD, "2001:db8::1") is False  # already banned
+    assert await s.service.ban_ip(SSHD, "2a01:db8:0::0001") is True
+    assert s.f2b.log[-1] == ("ban", SSHD, "2a01:db8::1")
+    assert await s.service.ban_ip(SSHD, "2a01:db8::1") is False  # already banned
 
 
 @pytest.mark.parametrize(
@@ -200,7 +203,7 @@ async def test_ban_ip_refuses_what_must_never_be_banned(s: Setup, ip: str, reaso
     assert s.f2b.reads("ban") == []  # fail2ban never saw it
 
 
-@pytest.mark.parametrize("ip", ["", "203.0.113", "203.0.113.0/24", "--all", "1.2.3.4 "])
+@pytest.mark.parametrize("ip", ["", "203.0.113", "45.113.0.0/24", "--all", "1.2.3.4 "])
 async def test_ban_ip_refuses_what_is_not_one_address(s: Setup, ip: str) -> None:
     await load(s.service)
     s.f2b.log.clear()
@@ -213,7 +216,7 @@ async def test_ban_ip_in_an_unknown_jail_is_invalid(s: Setup) -> None:
     await load(s.service)
     s.f2b.log.clear()
     with pytest.raises(InvalidArgument, match="unknown jail name 'nginx'"):
-        await s.service.ban_ip("nginx", "203.0.113.1")
+        await s.service.ban_ip("nginx", "45.113.0.1")
     assert s.f2b.log == []
 
 
@@ -222,54 +225,54 @@ async def test_ban_ip_while_fail2ban_was_never_reached(s: Setup) -> None:
     with pytest.raises(Fail2banUnavailable):
         await load(s.service)
     with pytest.raises(Fail2banUnavailable):
-        await s.service.ban_ip(SSHD, "203.0.113.1")
+        await s.service.ban_ip(SSHD, "45.113.0.1")
 
 
 async def test_ban_ip_when_fail2ban_goes_down_in_between(s: Setup) -> None:
     await load(s.service)
     s.f2b.down = True
     with pytest.raises(Fail2banUnavailable):
-        await s.service.ban_ip(SSHD, "203.0.113.1")
+        await s.service.ban_ip(SSHD, "45.113.0.1")
 
 
 async def test_ban_ip_that_fail2ban_refuses_is_an_invalid_argument(s: Setup) -> None:
     await load(s.service)
     s.f2b.refuse = "'sshd' is not running"
     with pytest.raises(InvalidArgument, match="fail2ban refused the ban: 'sshd' is not running"):
-        await s.service.ban_ip(SSHD, "203.0.113.1")
+        await s.service.ban_ip(SSHD, "45.113.0.1")
 
 
 # ---- unban_ip ---------------------------------------------------------------------
 
 
 async def test_unban_ip_archives_the_address_before_unbanning(s: Setup) -> None:
-    s.f2b.put(SSHD, "203.0.113.1", 100)
+    s.f2b.put(SSHD, "45.113.0.1", 100)
     await load(s.service)
     s.f2b.log.clear()
-    assert await s.service.unban_ip(SSHD, "203.0.113.1") == [SSHD]
+    assert await s.service.unban_ip(SSHD, "45.113.0.1") == [SSHD]
     # fail2ban deletes the address's rows on unban: the archive must have them first
-    assert s.f2b.log == [("archive", "203.0.113.1"), ("unban", SSHD, "203.0.113.1")]
-    assert "203.0.113.1" not in s.f2b.bans[SSHD]
+    assert s.f2b.log == [("archive", "45.113.0.1"), ("unban", SSHD, "45.113.0.1")]
+    assert "45.113.0.1" not in s.f2b.bans[SSHD]
 
 
 async def test_unban_ip_from_every_jail_names_the_jails_it_left(s: Setup) -> None:
-    s.f2b.put(SSHD, "203.0.113.1", 100)
-    s.f2b.put(BLOCKLIST, "203.0.113.1", 100)
-    s.f2b.put(BLOCKLIST, "203.0.113.2", 100)
+    s.f2b.put(SSHD, "45.113.0.1", 100)
+    s.f2b.put(BLOCKLIST, "45.113.0.1", 100)
+    s.f2b.put(BLOCKLIST, "45.113.0.2", 100)
     await load(s.service)
     s.f2b.log.clear()
-    assert sorted(await s.service.unban_ip("", "203.0.113.1")) == [BLOCKLIST, SSHD]
-    assert s.f2b.log[0] == ("archive", "203.0.113.1")  # once, before any unban
+    assert sorted(await s.service.unban_ip("", "45.113.0.1")) == [BLOCKLIST, SSHD]
+    assert s.f2b.log[0] == ("archive", "45.113.0.1")  # once, before any unban
     assert sorted(s.f2b.reads("unban")) == [BLOCKLIST, SSHD]
-    assert await s.service.unban_ip("", "203.0.113.1") == []  # nowhere banned any more
-    assert s.f2b.bans[BLOCKLIST] == {"203.0.113.2": (100, 600)}
+    assert await s.service.unban_ip("", "45.113.0.1") == []  # nowhere banned any more
+    assert s.f2b.bans[BLOCKLIST] == {"45.113.0.2": (100, 600)}
 
 
 async def test_unban_ip_goes_on_when_archiving_fails(s: Setup) -> None:
-    s.f2b.put(SSHD, "203.0.113.1", 100)
+    s.f2b.put(SSHD, "45.113.0.1", 100)
     await load(s.service)
     s.archive_fails = True
-    assert await s.service.unban_ip(SSHD, "203.0.113.1") == [SSHD]
+    assert await s.service.unban_ip(SSHD, "45.113.0.1") == [SSHD]
 
 
 async def test_unban_ip_refuses_bad_input_before_touching_anything(s: Setup) -> None:
@@ -278,7 +281,7 @@ async def test_unban_ip_refuses_bad_input_before_touching_anything(s: Setup) -> 
     with pytest.raises(InvalidArgument, match="is not an IP address"):
         await s.service.unban_ip("", "not-an-ip")
     with pytest.raises(InvalidArgument, match="unknown jail"):
-        await s.service.unban_ip("nginx", "203.0.113.1")
+        await s.service.unban_ip("nginx", "45.113.0.1")
     assert s.f2b.log == []
     assert s.archived == []
 

@@ -118,6 +118,10 @@ class FakeChanges:
         return None
 
 
+async def _never_refused(_jail: str, _ip: str) -> str | None:
+    return None
+
+
 class Harness:
     def __init__(self, quiet: str | None = None) -> None:
         self.f2b = FakeFail2ban()
@@ -130,7 +134,7 @@ class Harness:
             self.f2b,  # type: ignore[arg-type]
             DaemonState(self.hub),
             lambda: "blocklist-import",
-            lambda: lambda _ip: None,
+            _never_refused,
         )
         self.watch = BanWatch(
             self.bans,

@@ -429,3 +429,71 @@ max_entries = 50000
     assert parse_config(tomllib.loads(dump_config(cfg))) == cfg
     problems = problems_of({"blocklist": {"source": [{"name": "a", "url": "https://x/1"}] * 2}})
     assert problems == ["blocklist.source: [1].name: 'a' is declared twice"]
+
+
+# ---------------------------------------------------------------- path keys (issue 9)
+PATH_KEYS = [
+    ("fail2ban", "socket"),
+    ("fail2ban", "database"),
+    ("archive", "path"),
+    ("blocklist", "file_dir"),
+    ("geo", "country_db"),
+    ("geo", "asn_db"),
+    ("metrics", "textfile"),
+    ("crowdsec", "bouncer_key_file"),
+    ("crowdsec", "machine_password_file"),
+]
+
+
+@pytest.mark.parametrize(("section", "key"), PATH_KEYS)
+def test_a_path_under_a_regular_file_is_named(tmp_path: Path, section: str, key: str) -> None:
+    (tmp_path / "file").write_text("")
+    bad = str(tmp_path / "file" / "sub" / "name")
+    [problem] = problems_of({section: {key: bad}})
+    assert problem == f'{section}.{key}: cannot exist: "{tmp_path / "file"}" is not a directory'
+
+
+@pytest.mark.parametrize(("section", "key"), PATH_KEYS)
+@pytest.mark.parametrize("bad", ["/proc/archive.sqlite3", "/sys/x/y", "/proc"])
+def test_a_path_on_a_kernel_filesystem_is_named(section: str, key: str, bad: str) -> None:
+    [problem] = problems_of({section: {key: bad}})
+    top = "/" + bad.split("/")[1]
+    assert problem == f'{section}.{key}: must not be under {top} (a kernel filesystem), got "{bad}"'
+
+
+def test_a_symlink_into_proc_is_seen_through(tmp_path: Path) -> None:
+    (tmp_path / "link").symlink_to("/proc/self")
+    [problem] = problems_of({"archive": {"path": str(tmp_path / "link" / "archive.sqlite3")}})
+    assert problem.startswith("archive.path: must not be under /proc")
+
+
+def test_an_existing_path_of_the_wrong_kind_is_named(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    problems = problems_of(
+        {
+            "archive": {"path": str(tmp_path)},
+            "fail2ban": {"socket": str(tmp_path), "database": str(tmp_path)},
+            "geo": {"asn_db": str(tmp_path)},
+            "blocklist": {"file_dir": str(tmp_path / "file")},
+        }
+    )
+    assert problems == [
+        f'fail2ban.socket: must name a socket, but "{tmp_path}" is a directory',
+        f'fail2ban.database: must name a file, but "{tmp_path}" is a directory',
+        f'archive.path: must name a file, but "{tmp_path}" is a directory',
+        f'blocklist.file_dir: must name a directory, but "{tmp_path / "file"}" is not a directory',
+        f'geo.asn_db: must name a file, but "{tmp_path}" is a directory',
+    ]
+
+
+def test_paths_that_can_exist_pass(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    cfg = parse_config(
+        {
+            "archive": {"path": str(tmp_path / "new" / "deeper" / "archive.sqlite3")},
+            "fail2ban": {"database": str(tmp_path / "file")},
+            "blocklist": {"file_dir": str(tmp_path)},
+        }
+    )
+    assert cfg.archive.path == str(tmp_path / "new" / "deeper" / "archive.sqlite3")
+    assert not (tmp_path / "new").exists()  # checked by stat() alone, nothing created

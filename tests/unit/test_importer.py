@@ -15,7 +15,9 @@ import pytest
 
 from bangui_daemon.archive.db import Archive
 from bangui_daemon.archive.sources_repo import SourceRow
+from bangui_daemon.blocklist.host import HostAddresses
 from bangui_daemon.blocklist.importer import COMPLETED, FAILED, UNCHANGED, Importer, ImportOutcome
+from bangui_daemon.blocklist.safety import SafetyPolicy
 from bangui_daemon.config import BlocklistConfig
 from bangui_daemon.errors import Fail2banUnavailable
 from bangui_daemon.events import Event, EventHub, ImportFinished, ImportStarted
@@ -76,6 +78,16 @@ class FakeFail2ban:
         return sorted(ip for call in self.bans for ip in call)
 
 
+class FixedHost(HostAddresses):
+    """This host's addresses, fixed for the test."""
+
+    def __init__(self) -> None:
+        super().__init__(set())
+
+    def current(self) -> list[str]:
+        return ["45.113.99.250"]
+
+
 class World:
     def __init__(self, archive: Archive, lists: Path) -> None:
         self.archive = archive
@@ -91,7 +103,7 @@ class World:
             hub,
             lambda: self.config,
             lambda: 10.0,
-            ["192.0.2.250"],
+            SafetyPolicy(lambda: self.config, cast(Fail2banClient, self.f2b), FixedHost()),
             clock=lambda: NOW,
         )
 
@@ -124,7 +136,7 @@ def w(archive: Archive, tmp_path: Path) -> World:
     return World(archive, lists)
 
 
-A = ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4", "203.0.113.5"]
+A = ["45.113.0.1", "45.113.0.2", "45.113.0.3", "45.113.0.4", "45.113.0.5"]
 
 
 async def test_an_import_bans_the_list_and_records_it(w: World) -> None:
@@ -152,7 +164,7 @@ async def test_the_intent_is_durable_before_each_banip(w: World) -> None:
     for sent, intents in zip(w.f2b.bans, w.f2b.intents_at_ban, strict=True):
         assert {ip: intents.get(ip) for ip in sent} == dict.fromkeys(sent, "pending")
     # and what an earlier call banned was booked as banned by the time of a later one
-    assert w.f2b.intents_at_ban[2]["203.0.113.1"] == "banned"
+    assert w.f2b.intents_at_ban[2]["45.113.0.1"] == "banned"
 
 
 async def test_the_same_content_is_imported_exactly_once(w: World) -> None:
@@ -175,7 +187,7 @@ async def test_the_same_content_is_imported_exactly_once(w: World) -> None:
 
 
 async def test_two_sources_share_entries_by_reference(w: World) -> None:
-    x, y, z, v = "203.0.113.10", "203.0.113.11", "203.0.113.12", "203.0.113.13"
+    x, y, z, v = "45.113.0.10", "45.113.0.11", "45.113.0.12", "45.113.0.13"
     a = await w.source("a", x, y)
     b = await w.source("b", y, z)
     assert (await w.run(a)).added == 2
@@ -202,12 +214,12 @@ async def test_two_sources_share_entries_by_reference(w: World) -> None:
 
 
 async def test_an_address_the_import_did_not_ban_is_never_unbanned(w: World) -> None:
-    mine, theirs = "203.0.113.20", "203.0.113.21"
+    mine, theirs = "45.113.0.20", "45.113.0.21"
     w.f2b.banned_now.add(theirs)  # banned by an admin before any import
     src = await w.source("a", mine, theirs)
     assert (await w.run(src)).added == 1
     assert w.f2b.sent() == [mine]
-    w.write("a", "203.0.113.22")
+    w.write("a", "45.113.0.22")
     outcome = await w.run(src)
     assert outcome.removed == 1
     assert w.f2b.unbans == [[mine]]
@@ -297,7 +309,7 @@ async def test_a_retry_after_fail2ban_failed_mid_import_sends_nothing_twice(
 
 
 async def test_removing_a_source_unbans_only_what_it_alone_banned(w: World) -> None:
-    only_a, shared, theirs = "203.0.113.30", "203.0.113.31", "203.0.113.32"
+    only_a, shared, theirs = "45.113.0.30", "45.113.0.31", "45.113.0.32"
     w.f2b.banned_now.add(theirs)  # banned by an admin, then listed by a
     a = await w.source("a", only_a, shared, theirs)
     b = await w.source("b", shared)
@@ -310,7 +322,7 @@ async def test_removing_a_source_unbans_only_what_it_alone_banned(w: World) -> N
 
 
 async def test_entries_in_the_jails_ignoreip_are_refused(w: World) -> None:
-    w.f2b.ignored = ["203.0.113.0/30"]
+    w.f2b.ignored = ["45.113.0.0/30"]
     src = await w.source("a", *A)
     outcome = await w.run(src)
     assert outcome.refused == 3  # .1 .2 .3 (the /30's .0 is not listed)
