@@ -36,7 +36,8 @@ def addresses(first: str, n: int) -> list[str]:
 
 def busctl(address: str, *args: str) -> str:
     return subprocess.run(
-        ["busctl", f"--address={address}", "--json=short", "call", "org.bangui.Daemon1",
+        ["busctl", f"--address={address}", "--timeout=3600", "--json=short", "call",
+         "org.bangui.Daemon1",
          "/org/bangui/Daemon1", "org.bangui.Daemon1.Blocklists", *args],
         capture_output=True, text=True, check=True, timeout=3600,
     ).stdout  # fmt: skip
