@@ -54,7 +54,7 @@ def v4(n: int, first: str) -> list[str]:
 
 
 def import_list(n: int) -> list[str]:
-    first6 = int(ipaddress.IPv6Address("2001:db8:7::1"))
+    first6 = int(ipaddress.IPv6Address("2a01:4f8:7::1"))  # global: documentation is refused
     v6 = [str(ipaddress.IPv6Address(first6 + i)) for i in range(200)]
     nets = [f"46.{i}.0.0/24" for i in range(50)]
     return [*v4(n, "45.0.0.1"), *v6, *nets]

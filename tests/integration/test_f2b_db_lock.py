@@ -242,10 +242,11 @@ def test_diff_and_remove_source_during_a_sync_unban_exactly_and_stay_unbanned(
         removed = busctl("call", DEST, PATH, BLOCKLISTS, "RemoveSource", "u", str(source_b))
         assert removed.returncode == 0, removed.stderr
         still_syncing = sync_running(busctl)
-        synced = syncing.result(120)
+        syncing.result(120)  # the sync ends cleanly
     print(f"\ndiff import and RemoveSource during a sync: {sampler.summary()}")
     assert still_syncing, "the sync ended before the unbans: nothing was tested"
-    assert synced["new_events"] >= 250_000
+    # (the ban watch may archive fail2ban's rows before the sync copies them, so the
+    # sync's new_events says nothing here: the overlap is what still_syncing checks)
     assert (diff["added"], diff["removed"]) == (0, len(dropped))
     # B's own entries go, the shared ones stay for A
     expected = {*kept_a, *shared}

@@ -280,7 +280,7 @@ def _import(busctl: Runner, source_id: int) -> dict[str, Any]:
 
 def import_list(n_v4: int) -> list[str]:
     """`n_v4` public IPv4 addresses, 200 IPv6 addresses and 50 /24 networks."""
-    first = int(ipaddress.IPv6Address("2001:db8:5::"))
+    first = int(ipaddress.IPv6Address("2a01:4f8:5::"))  # global: 2001:db8::/32 is refused
     v6 = [str(ipaddress.IPv6Address(first + i)) for i in range(1, 201)]
     nets = [f"46.{i}.0.0/24" for i in range(50)]
     return [*public_v4(n_v4, 4), *v6, *nets]

@@ -446,7 +446,10 @@ async def test_download_failures_are_download_failed_without_credentials() -> No
     assert info.value.dbus_name == "org.bangui.Daemon1.Error.DownloadFailed"
     # aiohttp's InvalidURL quotes the whole URL: what the fetcher reports is scrubbed
     said = _describe(aiohttp.InvalidURL(url), urllib.parse.urlsplit(url))
-    assert said == f"InvalidURL: http://***:***@127.0.0.1:{port}/list"
+    assert said.startswith("InvalidURL: http://***")
+    assert said.endswith(f"@127.0.0.1:{port}/list")
+    assert "alice" not in said
+    assert "hunter22" not in said
 
 
 async def test_outside_path_is_refused(lists: Path, tmp_path: Path) -> None:
