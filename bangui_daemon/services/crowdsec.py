@@ -36,6 +36,10 @@ log = structlog.get_logger(__name__)
 SOURCE = "crowdsec"
 SCOPES = {"ip", "range"}
 PUSH_BATCH = 100
+RESYNC_EVERY = 30
+"""Pulls between two full (startup) streams. The LAPI's delta stream is keyed by time,
+and decisions a bulk `cscli decisions import` creates can fall before the bouncer's
+last pull and never show as new: a full stream now and then heals that."""
 PERMANENT_DURATION = "876000h"  # fail2ban's -1: a century is CrowdSec's "for ever"
 
 
@@ -71,6 +75,7 @@ class CrowdsecBridge:
         self._blocklist_jail = blocklist_jail
         self._decisions: dict[int, str] = {}  # decision id -> value
         self._synced = False  # a startup stream has been applied since the last failure
+        self._pulls = 0
         self._queue: list[_Change] = []
         self._token: Token | None = None
 
@@ -89,7 +94,8 @@ class CrowdsecBridge:
     async def pull(self) -> dict[str, object]:
         """Fetch the decision stream, apply it, and import the source if it changed."""
         key = _secret(self._config().bouncer_key_file, "bouncer_key_file")
-        startup = not self._synced
+        startup = not self._synced or self._pulls % RESYNC_EVERY == 0
+        self._pulls += 1
         try:
             new, deleted = await self._lapi.decision_stream(key, startup=startup)
         except LapiError:
