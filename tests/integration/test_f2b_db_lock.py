@@ -118,17 +118,19 @@ def body(entries: list[str]) -> bytes:
 
 def import_source(busctl: Runner, source_id: int) -> dict[str, Any]:
     """ImportSource with a timeout that fits 20,000 bans on a loaded machine."""
-    for _attempt in range(3):
+
+    def attempt() -> dict[str, Any] | None:
         reply = busctl(
             "--json=short", "--timeout=120", "call", DEST, PATH, BLOCKLISTS,
             "ImportSource", "u", str(source_id), timeout=130,
         )  # fmt: skip
         assert reply.returncode == 0, reply.stderr
-        result: dict[str, Any] = plain(json.loads(reply.stdout)["data"])[0]
-        # fail2ban restoring 2,500 bans over a 250k-row DB may miss a connect: an
-        # operator retries such an import, and so does this test (at most twice)
-        if "socket was unreachable" not in result.get("error", ""):
-            break
+        found: dict[str, Any] = plain(json.loads(reply.stdout)["data"])[0]
+        # fail2ban restoring 2,500 bans over a 250k-row DB may refuse connects for a
+        # while (listen(1)): an operator retries such an import, and so does this test
+        return None if "socket was unreachable" in found.get("error", "") else found
+
+    result = wait_until(attempt, 60, "an import fail2ban lets through", max_interval=2)
     assert result["status"] == "completed", result
     return result
 
