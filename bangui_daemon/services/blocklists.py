@@ -189,8 +189,9 @@ class BlocklistService:
         url = url.strip()
         if len(url) > MAX_URL or not url.isprintable():
             raise InvalidArgument(f"a source URL is at most {MAX_URL} printable characters")
-        if not url.isascii():  # aiohttp 3.8 fails inside on non-ASCII userinfo
-            raise InvalidArgument("a source URL must be ASCII: percent-encode other characters")
+        if not url.isascii() and urlsplit(url).scheme.lower() != "file":
+            # aiohttp 3.8 fails inside on non-ASCII userinfo; a file path is only opened
+            raise InvalidArgument("a download URL must be ASCII: percent-encode other characters")
         self._importer.check_url(url)
         if urlsplit(url).netloc.rpartition("@")[0] == "***":  # copied from ListSources
             raise InvalidArgument("the URL has '***' where ListSources hid its credentials")

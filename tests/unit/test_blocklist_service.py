@@ -109,7 +109,13 @@ BAD_SOURCES = [
     ("drop", "https:///no-host", "must name a host"),
     ("drop", "file:relative/path", "must hold an absolute path"),
     ("drop", "https://example.org/" + "x" * 2048, "at most 2048"),
+    ("drop", "http://\u0101@127.0.0.1:1/", "download URL must be ASCII"),
 ]
+
+
+async def test_a_file_source_may_name_a_non_ascii_path(w: World) -> None:
+    sid = await w.service.add_source("drop", "file:///etc/bangui/lists/stra\u00dfe.txt", True)
+    assert (await w.row(sid)).url.endswith("stra\u00dfe.txt")
 
 
 async def test_add_source_refuses_bad_input(w: World) -> None:
