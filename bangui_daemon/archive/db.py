@@ -185,10 +185,6 @@ class Archive:
         row = await self.fetchone(sql, params)
         return None if row is None else row[0]
 
-    async def schema_version(self) -> int:
-        """Return the applied schema version."""
-        return int(await self.scalar("SELECT version FROM schema_version") or 0)
-
 
 def _why(exc: BaseException) -> str:
     """The reason alone: an OSError's text without its repr of the path."""

@@ -116,12 +116,6 @@ def key_to_text(key: bytes) -> str:
     return f"{ipaddress.IPv6Address(key[:16])}/{key[16]}"
 
 
-def normalise_entry(text: str) -> str | None:
-    """Return the normalised form of an address or network, or None if it is not one."""
-    key = entry_key(text.strip(_WS))
-    return None if key is None else key_to_text(key)
-
-
 def _v4_key(network: int, prefix: int) -> bytes:
     if prefix == 32:
         return network.to_bytes(4, "big")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
 
 from bangui_daemon.cli import render
 from bangui_daemon.cli.ctl_context import (
@@ -96,11 +95,6 @@ def _option_changes(args: object) -> dict[str, str | bool | int]:
     if max_entries is not None:
         changes["max_entries"] = max_entries
     return changes
-
-
-IMPORT_KEYS: Final = (
-    "status", "entries", "added", "removed", "invalid", "refused", "run_id", "content_hash",
-)  # fmt: skip
 
 
 def _source_id(result: Record) -> int:

@@ -29,13 +29,6 @@ from bangui_daemon.dbus.client import (
 )
 
 
-def signal_document(interface: str, member: str, args: Sequence[object]) -> dict[str, object]:
-    """Name a signal's args after the contract, for `--json` and for the text line."""
-    names = SIGNAL_ARGS.get(member, ())
-    named = {names[i] if i < len(names) else f"arg{i}": v for i, v in enumerate(args)}
-    return {"interface": interface, "signal": member, "args": named}
-
-
 def watched(interface: str, member: str, args: Sequence[object]) -> dict[str, object] | None:
     """The named args of a signal `watch` reports, or None for one it ignores.
 

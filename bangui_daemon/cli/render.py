@@ -105,13 +105,6 @@ def format_when(ts: int, now: float, tz: tzinfo | None = None, never: str = "nev
     return f"{format_timestamp(ts, tz)} ({format_relative(ts, now)})"
 
 
-def format_expiry(expires: int, now: float, tz: tzinfo | None = None) -> str:
-    """Render a ban's expiry: -1 -> "never", else the time and "in 5 min"."""
-    if expires < 0:
-        return "never"
-    return format_when(expires, now, tz, never="never")
-
-
 def _is_number(cell: str) -> bool:
     return bool(cell) and cell.lstrip("-+").replace(".", "", 1).isdigit()
 

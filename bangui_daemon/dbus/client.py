@@ -307,10 +307,6 @@ class DaemonClient:
         return _as_records(out[0]), _as_int(out[1])
 
     # --- properties -----------------------------------------------------------------
-    async def get_property(self, interface: str, name: str) -> object:
-        """org.freedesktop.DBus.Properties.Get, unwrapped."""
-        return await self._call1(IFACE_PROPERTIES, "Get", "ss", [interface, name])
-
     async def get_all_properties(self, interface: str = IFACE_CORE) -> Record:
         """org.freedesktop.DBus.Properties.GetAll, unwrapped."""
         return _as_record(await self._call1(IFACE_PROPERTIES, "GetAll", "s", [interface]))

@@ -303,11 +303,6 @@ class MmdbResolver:
         with self._lock:
             return ";".join(f"{db.role}={db.build}" for db in self._dbs)
 
-    @property
-    def available(self) -> bool:
-        """True when at least one database is open."""
-        return any(db.reader is not None for db in self._dbs)
-
     def lookup(self, ip: str) -> GeoAnswer:
         """Answer for one address. Raises InvalidArgument for a malformed address."""
         return self.lookup_many([ip])[0]

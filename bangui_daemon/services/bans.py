@@ -30,7 +30,6 @@ from bangui_daemon.services.state import DaemonState
 
 log = structlog.get_logger(__name__)
 
-BanKey = tuple[str, str]  # (jail, ip)
 RefusalCheck = Callable[[str, str], Awaitable[str | None]]  # (jail, address) -> reason
 MAX_PAGE = 1000
 ASK_CHUNK = 1000  # addresses per `get JAIL banned ...`
@@ -136,9 +135,6 @@ class BanService:
             bans = (b for per_jail in self._bans.values() for b in per_jail.values())
         ordered = sorted(bans, key=lambda b: (-b.timeofban, b.jail, b.ip))
         return ordered[offset : offset + limit], len(ordered)
-
-    def is_banned(self, jail: str, ip: str) -> bool:
-        return ip in self._bans.get(jail, {})
 
     def _require_jail(self, jail: str) -> None:
         if jail not in self._counts:

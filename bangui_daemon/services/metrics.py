@@ -17,7 +17,6 @@ per-country counts) is refreshed by the `metrics` task.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -67,7 +66,6 @@ class MetricsService:
         lifetime_totals: Callable[[], Awaitable[list[tuple[str, str, str, int]]]],
         sources: Callable[[], Awaitable[list[SourceRow]]],
         tasks: Callable[[], Sequence[TaskStat]],
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self._state = state
         self._bans = bans
@@ -76,12 +74,10 @@ class MetricsService:
         self._lifetime_totals = lifetime_totals
         self._sources = sources
         self._tasks = tasks
-        self._clock = clock
         self._settings: dict[str, JailSettings] = {}
         self._countries: list[tuple[str, int]] = []
         self._errors: Counter[str] = Counter({"socket": 0, "db": 0})
         self._signals: Counter[str] = Counter()
-        self.refreshed_at = 0.0
 
     # ---- inputs -------------------------------------------------------------
 
@@ -113,7 +109,6 @@ class MetricsService:
         top = per_country.most_common(TOP_COUNTRIES)
         rest = sum(per_country.values()) - sum(n for _, n in top)
         self._countries = [*top, *([(OTHER, rest)] if rest else [])]
-        self.refreshed_at = self._clock()
         return {"jails": len(settings), "countries": len(per_country)}
 
     # ---- output -------------------------------------------------------------

@@ -32,11 +32,6 @@ class DaemonState:
         self.state = STARTING
         self.reason = ""
 
-    @property
-    def failing_tasks(self) -> frozenset[str]:
-        """Tasks whose last run did not end "ok"."""
-        return frozenset(self._failing_tasks)
-
     def _reason(self) -> str:
         """Why the state is degraded, in words."""
         causes = [] if self.fail2ban_connected else ["fail2ban unreachable"]

@@ -310,7 +310,7 @@ async def _archive_of_schema_3(path: Path, rows: int, now: int) -> None:
                     for i in range(rows)
                 ],
             )
-        assert await archive.schema_version() == 3
+        assert await archive.scalar("SELECT version FROM schema_version") == 3
     finally:
         await archive.close()
 

@@ -92,12 +92,11 @@ def test_format_relative(offset: int, expected: str) -> None:
     assert render.format_relative(int(NOW) + offset, NOW) == expected
 
 
-def test_format_when_and_expiry() -> None:
+def test_format_when() -> None:
     assert render.format_when(0, NOW) == "never"
     assert render.format_when(0, NOW, never="-") == "-"
     assert render.format_when(int(NOW) - 120, NOW, UTC) == "2023-11-14 22:11:20 (2 min ago)"
-    assert render.format_expiry(-1, NOW, UTC) == "never"
-    assert render.format_expiry(int(NOW) + 600, NOW, UTC).endswith("(in 10 min)")
+    assert render.format_when(int(NOW) + 600, NOW, UTC).endswith("(in 10 min)")
 
 
 def test_table_aligns_and_right_aligns_numbers() -> None:

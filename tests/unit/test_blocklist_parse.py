@@ -15,10 +15,18 @@ from bangui_daemon.blocklist.parse import (
     BlocklistParser,
     ParseResult,
     TooManyEntries,
-    normalise_entry,
+    entry_key,
+    key_to_text,
     parse_blocklist,
 )
 from bangui_daemon.errors import InvalidArgument
+
+
+def normalise_entry(text: str) -> str | None:
+    """An entry's stored form, as the parser keys it (None: not an entry)."""
+    key = entry_key(text.strip(" \t\r\n\v\f"))
+    return None if key is None else key_to_text(key)
+
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "blocklists"
 
