@@ -8,8 +8,9 @@ from dbus_fast.service import ServiceInterface
 from bangui_daemon.dbus.names import GEO_INTERFACE
 from bangui_daemon.dbus.shim import dbus_method, dbus_read_property
 from bangui_daemon.dbus.signals import SignalPump
+from bangui_daemon.events import PropertiesChanged
 from bangui_daemon.geo.lookup import GeoAnswer
-from bangui_daemon.services.geo import GeoPropertiesChanged, GeoService
+from bangui_daemon.services.geo import GeoService
 
 
 def geo_record(answer: GeoAnswer) -> dict[str, Variant]:
@@ -46,10 +47,9 @@ class GeoInterface(ServiceInterface):
         return record
 
     def connect_signals(self, pump: SignalPump) -> None:
-        # Its own event type: registering PropertiesChanged would replace the core's.
-        pump.on(GeoPropertiesChanged, self._properties_changed)
+        pump.on(PropertiesChanged, self._properties_changed)
 
-    def _properties_changed(self, event: GeoPropertiesChanged) -> None:
+    def _properties_changed(self, event: PropertiesChanged) -> None:
         if event.interface == "geo":
             self.emit_properties_changed(dict(event.values))
 

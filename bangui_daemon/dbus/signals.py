@@ -29,13 +29,14 @@ class SignalPump:
 
     def __init__(self, bus: MessageBus) -> None:
         self._bus = bus
-        self._handlers: dict[type, Handler] = {}
+        self._handlers: dict[type, list[Handler]] = {}
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     def on(self, event_type: type, handler: Handler) -> None:
-        """Emit signals for `event_type` with `handler(event)`."""
-        self._handlers[event_type] = handler
+        """Emit signals for `event_type` with `handler(event)`, after any handler
+        registered for it before (PropertiesChanged has one per interface)."""
+        self._handlers.setdefault(event_type, []).append(handler)
 
     def publish(self, event: Event) -> None:
         """EventHub subscriber: queue the event if some interface emits it."""
@@ -61,10 +62,11 @@ class SignalPump:
         sent = 0
         while True:
             event = await self._queue.get()
-            try:
-                self._handlers[type(event)](event)
-            except Exception:
-                log.exception("signal_emit_failed", event_type=type(event).__name__)
+            for handler in self._handlers[type(event)]:
+                try:
+                    handler(event)
+                except Exception:
+                    log.exception("signal_emit_failed", event_type=type(event).__name__)
             sent += 1
             if sent % PACE == 0:
                 await self._drain()

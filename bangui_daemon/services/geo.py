@@ -27,7 +27,6 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Final, Protocol
 
 import structlog
@@ -38,7 +37,7 @@ from bangui_daemon.events import EventHub, PropertiesChanged
 from bangui_daemon.geo.lookup import GeoAnswer, MmdbResolver, normalise_ip
 from bangui_daemon.models import NO_GEO, GeoFields
 
-__all__ = ["MAX_LOOKUP", "GeoFallback", "GeoPropertiesChanged", "GeoService"]
+__all__ = ["MAX_LOOKUP", "GeoFallback", "GeoService"]
 
 log = structlog.get_logger(__name__)
 
@@ -54,17 +53,6 @@ class GeoFallback(Protocol):
     """What the service needs of ``HttpGeoFallback`` (tests pass fakes)."""
 
     async def resolve(self, ips: Sequence[str]) -> list[GeoAnswer]: ...
-
-
-@dataclass(frozen=True)
-class GeoPropertiesChanged(PropertiesChanged):
-    """PropertiesChanged of the Geo interface.
-
-    A subclass because the signal pump keeps one handler per event *type*: the Geo
-    interface can register for this one without replacing the core's handler.
-    """
-
-    interface: str = "geo"
 
 
 class GeoService:
@@ -410,7 +398,7 @@ class GeoService:
     def _publish_count(self) -> None:
         if self._hub is not None and self._count != self._published:
             self._published = self._count
-            self._hub.publish(GeoPropertiesChanged({"CacheEntries": self._count}))
+            self._hub.publish(PropertiesChanged({"CacheEntries": self._count}, "geo"))
 
 
 def _cached(entry: CacheEntry) -> GeoAnswer:

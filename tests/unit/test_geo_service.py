@@ -20,10 +20,10 @@ from bangui_daemon.archive.db import Archive
 from bangui_daemon.archive.geo_repo import DAY, GeoCacheRepository
 from bangui_daemon.dbus.geo import GeoInterface
 from bangui_daemon.errors import InvalidArgument
-from bangui_daemon.events import Event, EventHub
+from bangui_daemon.events import Event, EventHub, PropertiesChanged
 from bangui_daemon.geo.lookup import GeoAnswer, MmdbResolver
 from bangui_daemon.models import NO_GEO, GeoFields
-from bangui_daemon.services.geo import MAX_LOOKUP, GeoPropertiesChanged, GeoService
+from bangui_daemon.services.geo import MAX_LOOKUP, GeoService
 from bangui_daemon.tasks.geo_resolve import GeoResolve
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "geoip"
@@ -349,7 +349,7 @@ async def test_cache_entries_changes_are_published(
     await service.lookup_ips(["89.160.20.112", "8.8.8.8"])
     await service.flush()
     await service.flush()  # unchanged: nothing published
-    assert seen == [GeoPropertiesChanged({"CacheEntries": 2})]
+    assert seen == [PropertiesChanged({"CacheEntries": 2}, "geo")]
     assert seen[0].interface == "geo"  # type: ignore[union-attr]
 
 

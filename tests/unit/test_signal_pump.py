@@ -15,7 +15,14 @@ from dbus_fast import Message
 from dbus_fast.aio import MessageBus
 
 from bangui_daemon.dbus.signals import PACE, SignalPump
-from bangui_daemon.events import BanAdded, BanRemoved, BansChanged, EventHub, TaskFinished
+from bangui_daemon.events import (
+    BanAdded,
+    BanRemoved,
+    BansChanged,
+    EventHub,
+    PropertiesChanged,
+    TaskFinished,
+)
 
 DEADLINE = 5.0
 
@@ -119,6 +126,25 @@ async def test_a_failing_handler_does_not_stop_the_pump(s: Setup) -> None:
     await s.flushed()
     assert s.handled == list(range(0, PACE + 2, 2))
     assert len(s.bus.calls) == 1  # failed emits count towards the pace too
+
+
+async def test_every_handler_of_a_type_runs_even_after_one_fails(s: Setup) -> None:
+    def core(event: PropertiesChanged) -> None:
+        if event.interface == "core":
+            s.handled.append(dict(event.values))
+            raise RuntimeError("emit failed")
+
+    def geo(event: PropertiesChanged) -> None:
+        if event.interface == "geo":
+            s.handled.append(dict(event.values))
+
+    s.pump.on(PropertiesChanged, core)
+    s.pump.on(PropertiesChanged, geo)  # a second interface: added, not a replacement
+    s.pump.start()
+    s.hub.publish(PropertiesChanged({"State": "running"}))
+    s.hub.publish(PropertiesChanged({"CacheEntries": 2}, "geo"))
+    await s.flushed()
+    assert s.handled == [{"State": "running"}, {"CacheEntries": 2}]
 
 
 async def test_a_failed_round_trip_does_not_stop_the_pump(s: Setup) -> None:
