@@ -39,7 +39,9 @@ STATUS_EVERY = 10.0
 # by TimeoutStartSec, and a hang after it still is, EXTEND_STEP later at most.
 EXTEND_STEP = 30
 EXTEND_EVERY = 10.0
-STOP_BUDGET = 4.0  # systemd and the tests expect an exit within 5 s of SIGTERM
+# SIGTERM to exit: at most STOP_BUDGET, then the exit guard forces it (README: "within
+# 5 s"). The unit's TimeoutStopSec=15s is the margin for a hung process, not the plan.
+STOP_BUDGET = 4.0
 
 
 class Daemon:

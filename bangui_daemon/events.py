@@ -1,7 +1,7 @@
 """In-process events from services and tasks to whoever publishes them (the D-Bus edge).
 
 Services must not import the D-Bus layer (the arrows point one way), so they publish
-plain dataclasses here and the edge turns them into signals, paced and coalesced.
+plain dataclasses here and the edge turns them into signals (paced: dbus/signals.py).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class TaskFinished:
 
 @dataclass(frozen=True)
 class PropertiesChanged:
-    """Core-interface properties (D-Bus names) whose values changed."""
+    """Properties (D-Bus names) of one interface, "core" or "geo", whose values changed."""
 
     values: Mapping[str, object]
     interface: str = "core"

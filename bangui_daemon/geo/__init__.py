@@ -1,1 +1,5 @@
-"""Geo: MMDB lookups and the geo cache."""
+"""Geo: country/ASN answers from the MMDB files and the optional HTTP fallback.
+
+The cache of answers is not here: its rows are archive/geo_repo.py, its memory and
+batching services/geo.py.
+"""
