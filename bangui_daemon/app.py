@@ -23,7 +23,7 @@ from bangui_daemon.dbus.names import BUS_NAME
 from bangui_daemon.dbus.server import DbusServer
 from bangui_daemon.errors import BanguiError, ConfigError
 from bangui_daemon.events import EventHub
-from bangui_daemon.logging import configure_logging
+from bangui_daemon.logs import configure_logging
 from bangui_daemon.metrics.exposition import MetricsServer
 from bangui_daemon.notify import Notifier
 from bangui_daemon.services.state import RUNNING, STOPPING, DaemonState

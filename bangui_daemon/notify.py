@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import sdnotify
 
-from bangui_daemon.logging import get_logger
+from bangui_daemon.logs import get_logger
 
 __all__ = ["SD_NOTIFY_FAILED", "Notifier", "watchdog_interval"]
 

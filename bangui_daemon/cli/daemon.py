@@ -8,7 +8,7 @@ import sys
 from bangui_daemon import __version__
 from bangui_daemon.config import DEFAULT_CONFIG_PATH, dump_config, load_config
 from bangui_daemon.errors import ConfigError
-from bangui_daemon.logging import report_error
+from bangui_daemon.logs import report_error
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from bangui_daemon.logging import _syslog_priority, configure_logging, get_logger, report_error
+from bangui_daemon.logs import _syslog_priority, configure_logging, get_logger, report_error
 
 _LOGFMT_PAIR = re.compile(r'([^\s=]+)=("(?:[^"\\]|\\.)*"|\S*)')
 

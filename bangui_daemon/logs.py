@@ -23,15 +23,14 @@ from typing import Any, Final, TextIO
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
-__all__ = ["FORMATS", "LEVELS", "configure_logging", "get_logger", "report_error"]
+from bangui_daemon.config import LOG_FORMATS, LOG_LEVELS
 
-LEVELS: Final[dict[str, int]] = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
+__all__ = ["configure_logging", "get_logger", "report_error"]
+
+# The names are the config's ([log] level/format); stdlib knows their numbers.
+_THRESHOLDS: Final[dict[str, int]] = {
+    name: logging.getLevelNamesMapping()[name.upper()] for name in LOG_LEVELS
 }
-FORMATS: Final = ("auto", "json", "logfmt", "console")
 
 _HANDLER_NAME: Final = "bangui-daemon"
 # Keys rendered first, in this order, by the JSON and logfmt renderers.
@@ -183,12 +182,12 @@ def configure_logging(level: str, fmt: str, *, stream: TextIO | None = None) -> 
     `<N>` syslog priority so `journalctl -p err` works. Uncaught exceptions are logged
     at critical through the same handler. Safe to call again (SIGHUP).
     """
-    threshold = LEVELS.get(level.lower())
+    threshold = _THRESHOLDS.get(level.lower())
     if threshold is None:
-        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LOG_LEVELS)}")
     fmt = fmt.lower()
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(LOG_FORMATS)}")
     out: TextIO = sys.stderr if stream is None else stream
     journal = _is_journal(out)
     tty = _is_tty(out)
