@@ -43,7 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bangui_daemon.archive.db import Archive
-from bangui_daemon.dbus.client import DaemonClient
+from bangui_daemon.cli.bus_client import DaemonClient
 from tests.harness.bus import PrivateSystemBus
 from tests.harness.daemon import DaemonProcess
 from tests.harness.fail2ban import F2bSandbox

@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bangui_daemon.dbus.client import DaemonClient
+from bangui_daemon.cli.bus_client import DaemonClient
 from tests.harness import DaemonProcess, F2bSandbox, PrivateSystemBus
 from tests.harness.fail2ban import END, safe_loads
 

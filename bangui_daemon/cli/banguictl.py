@@ -2,7 +2,7 @@
 
 Tables for people, `--json` for scripts. Exit codes: 0 ok, 1 a D-Bus error (or a
 failed import/task), 2 a usage error, 3 the daemon (or the bus) is not reachable.
-Talks only to `DaemonClient`: all D-Bus details live in `bangui_daemon.dbus.client`.
+Talks only to `DaemonClient`: all D-Bus details live in `bangui_daemon.cli.bus_client`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, TextIO
 
+from bangui_daemon.cli.bus_client import (
+    DaemonClient,
+    DaemonError,
+)
 from bangui_daemon.cli.ctl_args import build_parser
 from bangui_daemon.cli.ctl_blocklists import (
     cmd_import,
@@ -37,10 +41,6 @@ from bangui_daemon.cli.ctl_history import cmd_history, cmd_ip, cmd_lookup, cmd_t
 from bangui_daemon.cli.ctl_notify import cmd_notify
 from bangui_daemon.cli.ctl_panel import cmd_panel
 from bangui_daemon.cli.ctl_watch import cmd_watch
-from bangui_daemon.dbus.client import (
-    DaemonClient,
-    DaemonError,
-)
 
 COMMANDS: Final[dict[str, Callable[[Context], Awaitable[int]]]] = {
     "status": cmd_status,

@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bangui_daemon.cli import render
+from bangui_daemon.cli.bus_client import (
+    DaemonError,
+    Record,
+)
 from bangui_daemon.cli.ctl_context import (
     EXIT_ERROR,
     EXIT_OK,
@@ -19,10 +23,6 @@ from bangui_daemon.cli.ctl_context import (
     shorten,
 )
 from bangui_daemon.cli.ctl_core import failed_status
-from bangui_daemon.dbus.client import (
-    DaemonError,
-    Record,
-)
 
 
 async def cmd_sources(ctx: Context) -> int:

@@ -14,8 +14,7 @@ from datetime import tzinfo
 from typing import Final, TextIO
 
 from bangui_daemon.cli import render
-from bangui_daemon.dbus.client import (
-    BUS_NAME,
+from bangui_daemon.cli.bus_client import (
     ERROR_NAME_HAS_NO_OWNER,
     ERROR_NO_SERVER,
     ERROR_SERVICE_UNKNOWN,
@@ -23,6 +22,7 @@ from bangui_daemon.dbus.client import (
     DaemonError,
     Record,
 )
+from bangui_daemon.dbus.names import BUS_NAME
 
 PROG: Final = "banguictl"
 EXIT_OK: Final = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bangui_daemon.cli import render
+from bangui_daemon.cli.bus_client import Record
 from bangui_daemon.cli.ctl_context import (
     EXIT_ERROR,
     EXIT_OK,
@@ -16,15 +17,12 @@ from bangui_daemon.cli.ctl_context import (
     record_lines,
     shorten,
 )
-from bangui_daemon.dbus.client import (
-    IFACE_CORE,
-    Record,
-)
+from bangui_daemon.dbus.names import CORE_INTERFACE
 
 
 async def cmd_status(ctx: Context) -> int:
     status = await ctx.client.get_status()
-    props = await ctx.client.get_all_properties(IFACE_CORE)
+    props = await ctx.client.get_all_properties(CORE_INTERFACE)
     known = (
         "version",
         "fail2ban_connected",

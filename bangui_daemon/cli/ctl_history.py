@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import Final
 
 from bangui_daemon.cli import render
-from bangui_daemon.cli.ctl_context import EXIT_OK, Context, as_int, as_text, page_footer, shorten
-from bangui_daemon.dbus.client import (
+from bangui_daemon.cli.bus_client import (
     Record,
 )
+from bangui_daemon.cli.ctl_context import EXIT_OK, Context, as_int, as_text, page_footer, shorten
 
 
 def _history_rows(ctx: Context, events: Sequence[Record]) -> list[list[object]]:

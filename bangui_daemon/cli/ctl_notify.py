@@ -21,9 +21,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final
 
+from bangui_daemon.cli.bus_client import DaemonClient, DaemonError
 from bangui_daemon.cli.ctl_context import EXIT_OK, PROG, Context, as_int, as_text
-from bangui_daemon.dbus.client import DaemonClient, DaemonError
-from bangui_daemon.dbus.notifications import URGENCY_LOW, URGENCY_NORMAL, DesktopNotifications
+from bangui_daemon.cli.desktop_notifications import (
+    URGENCY_LOW,
+    URGENCY_NORMAL,
+    DesktopNotifications,
+)
 
 INTERVAL: Final = 2.0
 """At most one notification per this many seconds."""

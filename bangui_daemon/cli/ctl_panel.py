@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from bangui_daemon.cli.bus_client import DaemonClient, DaemonError
 from bangui_daemon.cli.ctl_context import EXIT_OK, Context, as_int, as_text
-from bangui_daemon.dbus.client import DaemonClient, DaemonError
 
 PANEL_FORMATS: Final = ("waybar", "polybar", "i3blocks")
 LATEST: Final = 5

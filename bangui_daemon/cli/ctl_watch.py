@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bangui_daemon.cli import render
+from bangui_daemon.cli.bus_client import IFACE_PROPERTIES
 from bangui_daemon.cli.ctl_context import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
@@ -22,11 +23,7 @@ from bangui_daemon.cli.ctl_context import (
     as_text,
     json_default,
 )
-from bangui_daemon.dbus.client import (
-    BUS_NAME,
-    IFACE_CORE,
-    IFACE_PROPERTIES,
-)
+from bangui_daemon.dbus.names import BUS_NAME, CORE_INTERFACE
 
 
 def watched(interface: str, member: str, args: Sequence[object]) -> dict[str, object] | None:
@@ -38,7 +35,7 @@ def watched(interface: str, member: str, args: Sequence[object]) -> dict[str, ob
     if member not in SIGNAL_ARGS:
         return None
     if member == "PropertiesChanged":
-        if interface != IFACE_PROPERTIES or len(args) < 2 or args[0] != IFACE_CORE:
+        if interface != IFACE_PROPERTIES or len(args) < 2 or args[0] != CORE_INTERFACE:
             return None
         changed = args[1] if isinstance(args[1], dict) else {}
         picked = {k: v for k, v in changed.items() if k in WATCHED_PROPERTIES}

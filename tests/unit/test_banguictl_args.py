@@ -27,21 +27,23 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from bangui_daemon.cli import banguictl, render
-from bangui_daemon.cli.ctl_args import build_parser, parse_since
-from bangui_daemon.cli.ctl_context import Context, describe_error, exit_code_for
-from bangui_daemon.cli.ctl_watch import watch_line, watched
-from bangui_daemon.dbus.client import (
-    BUS_NAME,
-    IFACE_BLOCKLISTS,
-    IFACE_CORE,
-    IFACE_GEO,
-    IFACE_HISTORY,
+from bangui_daemon.cli.bus_client import (
     IFACE_PROPERTIES,
-    OBJECT_PATH,
     DaemonClient,
     DaemonError,
     to_variant,
     unwrap,
+)
+from bangui_daemon.cli.ctl_args import build_parser, parse_since
+from bangui_daemon.cli.ctl_context import Context, describe_error, exit_code_for
+from bangui_daemon.cli.ctl_watch import watch_line, watched
+from bangui_daemon.dbus.names import (
+    BLOCKLISTS_INTERFACE,
+    BUS_NAME,
+    CORE_INTERFACE,
+    GEO_INTERFACE,
+    HISTORY_INTERFACE,
+    OBJECT_PATH,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -390,8 +392,8 @@ class FakeDaemon:
 
     def answer(self, interface: str, member: str, args: list[Any]) -> Reply:
         replies: dict[tuple[str, str], Reply] = {
-            (IFACE_CORE, "GetStatus"): ("a{sv}", [_status()]),
-            (IFACE_CORE, "ListJails"): (
+            (CORE_INTERFACE, "GetStatus"): ("a{sv}", [_status()]),
+            (CORE_INTERFACE, "ListJails"): (
                 "aa{sv}",
                 [
                     [
@@ -405,11 +407,11 @@ class FakeDaemon:
                     ]
                 ],
             ),
-            (IFACE_CORE, "ListBans"): (
+            (CORE_INTERFACE, "ListBans"): (
                 "aa{sv}u",
                 [[_ban("sshd", "192.0.2.1", 600), _ban("recidive", "198.51.100.7", -1)], 12],
             ),
-            (IFACE_CORE, "ListTasks"): (
+            (CORE_INTERFACE, "ListTasks"): (
                 "aa{sv}",
                 [
                     [
@@ -424,8 +426,8 @@ class FakeDaemon:
                     ]
                 ],
             ),
-            (IFACE_CORE, "RunTask"): ("a{sv}", [{"status": Variant("s", "ok")}]),
-            (IFACE_HISTORY, "GetHistory"): (
+            (CORE_INTERFACE, "RunTask"): ("a{sv}", [{"status": Variant("s", "ok")}]),
+            (HISTORY_INTERFACE, "GetHistory"): (
                 "aa{sv}u",
                 [
                     [
@@ -442,7 +444,7 @@ class FakeDaemon:
                     1,
                 ],
             ),
-            (IFACE_HISTORY, "GetIpHistory"): (
+            (HISTORY_INTERFACE, "GetIpHistory"): (
                 "a{sv}",
                 [
                     {
@@ -455,9 +457,9 @@ class FakeDaemon:
                     }
                 ],
             ),
-            (IFACE_HISTORY, "GetTimeline"): ("a(xu)", [[[NOW, 3], [NOW + 3600, 0]]]),
-            (IFACE_HISTORY, "GetTop"): ("a(su)", [[("sshd", 10), ("recidive", 4)]]),
-            (IFACE_BLOCKLISTS, "ListSources"): (
+            (HISTORY_INTERFACE, "GetTimeline"): ("a(xu)", [[[NOW, 3], [NOW + 3600, 0]]]),
+            (HISTORY_INTERFACE, "GetTop"): ("a(su)", [[("sshd", 10), ("recidive", 4)]]),
+            (BLOCKLISTS_INTERFACE, "ListSources"): (
                 "aa{sv}",
                 [
                     [
@@ -473,12 +475,12 @@ class FakeDaemon:
                     ]
                 ],
             ),
-            (IFACE_BLOCKLISTS, "AddSource"): ("u", [5]),
-            (IFACE_BLOCKLISTS, "UpdateSource"): ("", []),
-            (IFACE_BLOCKLISTS, "RemoveSource"): ("", []),
-            (IFACE_BLOCKLISTS, "ImportAll"): ("aa{sv}", [[_import_result()]]),
-            (IFACE_BLOCKLISTS, "ListImportRuns"): ("aa{sv}u", [[], 0]),
-            (IFACE_BLOCKLISTS, "PreviewSource"): (
+            (BLOCKLISTS_INTERFACE, "AddSource"): ("u", [5]),
+            (BLOCKLISTS_INTERFACE, "UpdateSource"): ("", []),
+            (BLOCKLISTS_INTERFACE, "RemoveSource"): ("", []),
+            (BLOCKLISTS_INTERFACE, "ImportAll"): ("aa{sv}", [[_import_result()]]),
+            (BLOCKLISTS_INTERFACE, "ListImportRuns"): ("aa{sv}u", [[], 0]),
+            (BLOCKLISTS_INTERFACE, "PreviewSource"): (
                 "a{sv}",
                 [
                     {
@@ -490,7 +492,7 @@ class FakeDaemon:
                     }
                 ],
             ),
-            (IFACE_GEO, "LookupIp"): (
+            (GEO_INTERFACE, "LookupIp"): (
                 "a{sv}",
                 [
                     {
@@ -515,23 +517,23 @@ class FakeDaemon:
             ),
             (IFACE_PROPERTIES, "Get"): ("v", [Variant("s", "running")]),
         }
-        if (interface, member) == (IFACE_CORE, "BanIp"):
+        if (interface, member) == (CORE_INTERFACE, "BanIp"):
             if args[1].startswith("192.168."):
                 raise DaemonError("org.bangui.Daemon1.Error.Refused", f"{args[1]} is private")
             return "b", [True]
-        if (interface, member) == (IFACE_CORE, "UnbanIp"):
+        if (interface, member) == (CORE_INTERFACE, "UnbanIp"):
             return "u", [0 if args[0] else 2]
-        if (interface, member) == (IFACE_GEO, "LookupIps"):
+        if (interface, member) == (GEO_INTERFACE, "LookupIps"):
             answers = [{"ip": Variant("s", ip), "country_code": Variant("s", "")} for ip in args[0]]
             return "aa{sv}", [answers]
-        if (interface, member) == (IFACE_BLOCKLISTS, "ImportSource"):
+        if (interface, member) == (BLOCKLISTS_INTERFACE, "ImportSource"):
             if args[0] == 9:
                 raise DaemonError("org.bangui.Daemon1.Error.NotFound", "no source with id 9")
             if args[0] == 7:
                 failed = {"status": Variant("s", "failed"), "error": Variant("s", "HTTP 404")}
                 return "a{sv}", [failed]
             for done in (500, 1000):
-                self.emit(IFACE_BLOCKLISTS, "ImportProgress", "uuu", [args[0], done, 1000])
+                self.emit(BLOCKLISTS_INTERFACE, "ImportProgress", "uuu", [args[0], done, 1000])
             return "a{sv}", [_import_result()]
         if (interface, member) not in replies:
             raise DaemonError("org.freedesktop.DBus.Error.UnknownMethod", f"no {member}")
@@ -649,19 +651,21 @@ async def test_subscribe_delivers_signals(fake: FakeDaemon, client: DaemonClient
     got: asyncio.Queue[tuple[str, str, list[object]]] = asyncio.Queue()
     await client.subscribe(lambda i, m, a: got.put_nowait((i, m, a)))
     await client.get_status()  # a round trip: AddMatch is in place before we emit
-    fake.emit(IFACE_CORE, "BanAdded", "ssxx", ["sshd", "203.0.113.5", NOW, 600])
-    fake.emit(IFACE_CORE, "TaskFinished", "ssa{sv}", ["geo_resolve", "ok", {"n": Variant("u", 4)}])
+    fake.emit(CORE_INTERFACE, "BanAdded", "ssxx", ["sshd", "203.0.113.5", NOW, 600])
+    fake.emit(
+        CORE_INTERFACE, "TaskFinished", "ssa{sv}", ["geo_resolve", "ok", {"n": Variant("u", 4)}]
+    )
     fake.emit(
         IFACE_PROPERTIES,
         "PropertiesChanged",
         "sa{sv}as",
-        [IFACE_CORE, {"State": Variant("s", "degraded")}, []],
+        [CORE_INTERFACE, {"State": Variant("s", "degraded")}, []],
     )
     received = [await asyncio.wait_for(got.get(), 5) for _ in range(3)]
     assert received == [
-        (IFACE_CORE, "BanAdded", ["sshd", "203.0.113.5", NOW, 600]),
-        (IFACE_CORE, "TaskFinished", ["geo_resolve", "ok", {"n": 4}]),
-        (IFACE_PROPERTIES, "PropertiesChanged", [IFACE_CORE, {"State": "degraded"}, []]),
+        (CORE_INTERFACE, "BanAdded", ["sshd", "203.0.113.5", NOW, 600]),
+        (CORE_INTERFACE, "TaskFinished", ["geo_resolve", "ok", {"n": 4}]),
+        (IFACE_PROPERTIES, "PropertiesChanged", [CORE_INTERFACE, {"State": "degraded"}, []]),
     ]
 
 
@@ -817,22 +821,24 @@ async def test_watch_prints_filtered_lines_and_stops_after_count(
         ctx = Context(client, args, out, err, tz=UTC, ready=ready)
         task = asyncio.ensure_future(banguictl.execute(ctx))
         await asyncio.wait_for(ready.wait(), 5)
-        fake.emit(IFACE_CORE, "BanAdded", "ssxx", ["sshd", "203.0.113.5", NOW, 3600])
-        fake.emit(IFACE_CORE, "BansChanged", "uu", [1, 0])  # filtered out
+        fake.emit(CORE_INTERFACE, "BanAdded", "ssxx", ["sshd", "203.0.113.5", NOW, 3600])
+        fake.emit(CORE_INTERFACE, "BansChanged", "uu", [1, 0])  # filtered out
         fake.emit(
             IFACE_PROPERTIES,
             "PropertiesChanged",
             "sa{sv}as",
-            [IFACE_GEO, {"CacheEntries": Variant("x", 5)}, []],
+            [GEO_INTERFACE, {"CacheEntries": Variant("x", 5)}, []],
         )
         fake.emit(
             IFACE_PROPERTIES,
             "PropertiesChanged",
             "sa{sv}as",
-            [IFACE_CORE, {"State": Variant("s", "degraded"), "Version": Variant("s", "x")}, []],
+            [CORE_INTERFACE, {"State": Variant("s", "degraded"), "Version": Variant("s", "x")}, []],
         )
-        fake.emit(IFACE_BLOCKLISTS, "ImportProgress", "uuu", [1, 250, 1000])
-        fake.emit(IFACE_CORE, "BanAdded", "ssxx", ["sshd", "203.0.113.6", NOW, 60])  # after count
+        fake.emit(BLOCKLISTS_INTERFACE, "ImportProgress", "uuu", [1, 250, 1000])
+        fake.emit(
+            CORE_INTERFACE, "BanAdded", "ssxx", ["sshd", "203.0.113.6", NOW, 60]
+        )  # after count
         try:
             assert await asyncio.wait_for(task, 5) == 0
         finally:
@@ -852,7 +858,10 @@ async def test_watch_prints_filtered_lines_and_stops_after_count(
                 "timeofban": NOW,
                 "bantime": 3600,
             }
-            assert docs[1]["args"] == {"interface": IFACE_CORE, "changed": {"State": "degraded"}}
+            assert docs[1]["args"] == {
+                "interface": CORE_INTERFACE,
+                "changed": {"State": "degraded"},
+            }
             assert isinstance(docs[0]["time"], float)
         else:
             assert "BanAdded" in lines[0]
@@ -865,16 +874,21 @@ async def test_watch_prints_filtered_lines_and_stops_after_count(
 def test_watch_line_for_every_signal() -> None:
     ts = "2023-11-14 22:13:20"
     cases: list[tuple[str, str, list[object], str]] = [
-        (IFACE_CORE, "BanRemoved", ["sshd", "192.0.2.1"], "sshd 192.0.2.1 unbanned"),
-        (IFACE_CORE, "BansChanged", [120, 3], "+120 -3 bans"),
-        (IFACE_CORE, "TaskFinished", ["history_sync", "ok", {"new": 3}], "ok (new=3)"),
-        (IFACE_HISTORY, "HistorySynced", [12], "12 new events archived"),
-        (IFACE_BLOCKLISTS, "ImportStarted", [1, 7], "source 1 run 7"),
-        (IFACE_BLOCKLISTS, "ImportFinished", [1, "completed", 5, 2], "source 1: completed, +5 -2"),
+        (CORE_INTERFACE, "BanRemoved", ["sshd", "192.0.2.1"], "sshd 192.0.2.1 unbanned"),
+        (CORE_INTERFACE, "BansChanged", [120, 3], "+120 -3 bans"),
+        (CORE_INTERFACE, "TaskFinished", ["history_sync", "ok", {"new": 3}], "ok (new=3)"),
+        (HISTORY_INTERFACE, "HistorySynced", [12], "12 new events archived"),
+        (BLOCKLISTS_INTERFACE, "ImportStarted", [1, 7], "source 1 run 7"),
+        (
+            BLOCKLISTS_INTERFACE,
+            "ImportFinished",
+            [1, "completed", 5, 2],
+            "source 1: completed, +5 -2",
+        ),
         (
             IFACE_PROPERTIES,
             "PropertiesChanged",
-            [IFACE_CORE, {"Fail2banConnected": False}, []],
+            [CORE_INTERFACE, {"Fail2banConnected": False}, []],
             "fail2ban connected: no",
         ),
     ]
@@ -884,8 +898,8 @@ def test_watch_line_for_every_signal() -> None:
         line = watch_line(member, named, ts)
         assert line.startswith(ts + "  " + member)
         assert line.endswith(detail), line
-    assert watched(IFACE_CORE, "Unknown", []) is None
-    assert watched(IFACE_PROPERTIES, "PropertiesChanged", [IFACE_CORE, {}, []]) is None
+    assert watched(CORE_INTERFACE, "Unknown", []) is None
+    assert watched(IFACE_PROPERTIES, "PropertiesChanged", [CORE_INTERFACE, {}, []]) is None
 
 
 async def test_watch_subprocess_exits_0_on_sigterm(fake: FakeDaemon, bus_address: str) -> None:
@@ -905,7 +919,7 @@ async def test_watch_subprocess_exits_0_on_sigterm(fake: FakeDaemon, bus_address
     assert proc.stdout is not None
     line = b""
     for _ in range(100):  # emit until the watcher (started asynchronously) reports one
-        fake.emit(IFACE_HISTORY, "HistorySynced", "u", [4])
+        fake.emit(HISTORY_INTERFACE, "HistorySynced", "u", [4])
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), 0.2)
             break

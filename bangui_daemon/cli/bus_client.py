@@ -19,17 +19,20 @@ from typing import Any, Final, cast
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
+from bangui_daemon.dbus.names import (
+    BLOCKLISTS_INTERFACE,
+    BUS_NAME,
+    CORE_INTERFACE,
+    GEO_INTERFACE,
+    HISTORY_INTERFACE,
+    OBJECT_PATH,
+)
 from bangui_daemon.dbus.transport import tolerate_full_send_buffer
+from bangui_daemon.dbus.variants import simple_variant
 from bangui_daemon.errors import BanguiError
 
-BUS_NAME: Final = "org.bangui.Daemon1"
-OBJECT_PATH: Final = "/org/bangui/Daemon1"
-IFACE_CORE: Final = "org.bangui.Daemon1"
-IFACE_HISTORY: Final = "org.bangui.Daemon1.History"
-IFACE_BLOCKLISTS: Final = "org.bangui.Daemon1.Blocklists"
-IFACE_GEO: Final = "org.bangui.Daemon1.Geo"
 IFACE_PROPERTIES: Final = "org.freedesktop.DBus.Properties"
-INTERFACES: Final = (IFACE_CORE, IFACE_HISTORY, IFACE_BLOCKLISTS, IFACE_GEO)
+INTERFACES: Final = (CORE_INTERFACE, HISTORY_INTERFACE, BLOCKLISTS_INTERFACE, GEO_INTERFACE)
 
 ERROR_SERVICE_UNKNOWN: Final = "org.freedesktop.DBus.Error.ServiceUnknown"
 ERROR_NAME_HAS_NO_OWNER: Final = "org.freedesktop.DBus.Error.NameHasNoOwner"
@@ -99,22 +102,14 @@ def unwrap(value: object) -> object:
 
 
 def to_variant(value: object) -> Variant:
-    """Wrap a plain value for an `a{sv}` argument (filters, source changes).
-
-    bool -> b, int -> x (the contract's times and ids in filters), str -> s,
-    a list/tuple of str -> as. Anything else is a programming error.
-    """
+    """Wrap a plain value for an `a{sv}` argument (filters, source changes): the
+    types of `simple_variant`; anything else is a programming error."""
     if isinstance(value, Variant):
         return value
-    if isinstance(value, bool):
-        return Variant("b", value)
-    if isinstance(value, int):
-        return Variant("x", value)
-    if isinstance(value, str):
-        return Variant("s", value)
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return Variant("as", list(value))
-    raise TypeError(f"cannot send a {type(value).__name__} in an a{{sv}} argument")
+    wrapped = simple_variant(value)
+    if wrapped is None:
+        raise TypeError(f"cannot send a {type(value).__name__} in an a{{sv}} argument")
+    return wrapped
 
 
 def _as_record(value: object) -> Record:
@@ -307,7 +302,7 @@ class DaemonClient:
         return _as_records(out[0]), _as_int(out[1])
 
     # --- properties -----------------------------------------------------------------
-    async def get_all_properties(self, interface: str = IFACE_CORE) -> Record:
+    async def get_all_properties(self, interface: str = CORE_INTERFACE) -> Record:
         """org.freedesktop.DBus.Properties.GetAll, unwrapped."""
         return _as_record(await self._call1(IFACE_PROPERTIES, "GetAll", "s", [interface]))
 
@@ -404,34 +399,36 @@ class DaemonClient:
     # --- org.bangui.Daemon1 ---------------------------------------------------------------
     async def get_status(self) -> Record:
         """GetStatus: version, fail2ban state, jails, counters."""
-        return _as_record(await self._call1(IFACE_CORE, "GetStatus"))
+        return _as_record(await self._call1(CORE_INTERFACE, "GetStatus"))
 
     async def list_jails(self) -> list[Record]:
         """ListJails: one record per fail2ban jail with its counters."""
-        return _as_records(await self._call1(IFACE_CORE, "ListJails"))
+        return _as_records(await self._call1(CORE_INTERFACE, "ListJails"))
 
     async def list_bans(
         self, jail: str = "", offset: int = 0, limit: int = 100
     ) -> tuple[list[Record], int]:
         """ListBans: one page of current bans ("" = every jail) and the total."""
-        return await self._call_page(IFACE_CORE, "ListBans", "suu", [jail, offset, limit])
+        return await self._call_page(CORE_INTERFACE, "ListBans", "suu", [jail, offset, limit])
 
     async def ban_ip(self, jail: str, ip: str) -> bool:
         """BanIp (admin): True when the address was newly banned."""
-        return bool(await self._call1(IFACE_CORE, "BanIp", "ss", [jail, ip]))
+        return bool(await self._call1(CORE_INTERFACE, "BanIp", "ss", [jail, ip]))
 
     async def unban_ip(self, jail: str, ip: str) -> int:
         """UnbanIp (admin, jail "" = every jail): the number of jails it left."""
-        return _as_int(await self._call1(IFACE_CORE, "UnbanIp", "ss", [jail, ip]))
+        return _as_int(await self._call1(CORE_INTERFACE, "UnbanIp", "ss", [jail, ip]))
 
     async def list_tasks(self) -> list[Record]:
         """ListTasks: the scheduler's jobs with their last and next runs."""
-        return _as_records(await self._call1(IFACE_CORE, "ListTasks"))
+        return _as_records(await self._call1(CORE_INTERFACE, "ListTasks"))
 
     async def run_task(self, name: str) -> Record:
         """RunTask (admin): run a task now and return its result once it finished."""
         return _as_record(
-            await self._call1(IFACE_CORE, "RunTask", "s", [name], reply_timeout=self.long_timeout)
+            await self._call1(
+                CORE_INTERFACE, "RunTask", "s", [name], reply_timeout=self.long_timeout
+            )
         )
 
     # --- org.bangui.Daemon1.History ---------------------------------------------------------
@@ -444,45 +441,45 @@ class DaemonClient:
         """
         wrapped = {key: to_variant(value) for key, value in (filters or {}).items()}
         return await self._call_page(
-            IFACE_HISTORY, "GetHistory", "a{sv}uu", [wrapped, page, page_size]
+            HISTORY_INTERFACE, "GetHistory", "a{sv}uu", [wrapped, page, page_size]
         )
 
     async def get_ip_history(self, ip: str) -> Record:
         """GetIpHistory: everything the archive knows about one address."""
-        return _as_record(await self._call1(IFACE_HISTORY, "GetIpHistory", "s", [ip]))
+        return _as_record(await self._call1(HISTORY_INTERFACE, "GetIpHistory", "s", [ip]))
 
     async def get_timeline(self, since: int, bucket_seconds: int) -> list[tuple[int, int]]:
         """GetTimeline: (bucket start, ban count) pairs, oldest first."""
-        raw = await self._call1(IFACE_HISTORY, "GetTimeline", "xx", [since, bucket_seconds])
+        raw = await self._call1(HISTORY_INTERFACE, "GetTimeline", "xx", [since, bucket_seconds])
         return [(_as_int(start), count) for start, count in _pairs(raw)]
 
     async def get_top(
         self, dimension: str, since: int = 0, limit: int = 10
     ) -> list[tuple[str, int]]:
         """GetTop: (key, count) pairs for jail/country/asn/ip, largest first."""
-        raw = await self._call1(IFACE_HISTORY, "GetTop", "sxu", [dimension, since, limit])
+        raw = await self._call1(HISTORY_INTERFACE, "GetTop", "sxu", [dimension, since, limit])
         return [(str(key), count) for key, count in _pairs(raw)]
 
     # --- org.bangui.Daemon1.Blocklists ------------------------------------------------------
     async def list_sources(self) -> list[Record]:
         """ListSources: the configured blocklist sources."""
-        return _as_records(await self._call1(IFACE_BLOCKLISTS, "ListSources"))
+        return _as_records(await self._call1(BLOCKLISTS_INTERFACE, "ListSources"))
 
     async def add_source(self, name: str, url: str, enabled: bool = True) -> int:
         """AddSource (admin): the new source's id."""
         return _as_int(
-            await self._call1(IFACE_BLOCKLISTS, "AddSource", "ssb", [name, url, enabled])
+            await self._call1(BLOCKLISTS_INTERFACE, "AddSource", "ssb", [name, url, enabled])
         )
 
     async def update_source(self, source_id: int, changes: Mapping[str, str | bool | int]) -> None:
         """UpdateSource (admin): change name, url, enabled, interval, max_entries."""
         wrapped = {key: to_variant(value) for key, value in changes.items()}
-        await self.call(IFACE_BLOCKLISTS, "UpdateSource", "ua{sv}", [source_id, wrapped])
+        await self.call(BLOCKLISTS_INTERFACE, "UpdateSource", "ua{sv}", [source_id, wrapped])
 
     async def remove_source(self, source_id: int) -> None:
         """RemoveSource (admin): also unbans what only this source listed."""
         await self.call(
-            IFACE_BLOCKLISTS,
+            BLOCKLISTS_INTERFACE,
             "RemoveSource",
             "u",
             [source_id],
@@ -493,14 +490,18 @@ class DaemonClient:
         """ImportSource (admin): download and apply one source; the run's result."""
         return _as_record(
             await self._call1(
-                IFACE_BLOCKLISTS, "ImportSource", "u", [source_id], reply_timeout=self.long_timeout
+                BLOCKLISTS_INTERFACE,
+                "ImportSource",
+                "u",
+                [source_id],
+                reply_timeout=self.long_timeout,
             )
         )
 
     async def import_all(self) -> list[Record]:
         """ImportAll (admin): one result per enabled source."""
         return _as_records(
-            await self._call1(IFACE_BLOCKLISTS, "ImportAll", reply_timeout=self.long_timeout)
+            await self._call1(BLOCKLISTS_INTERFACE, "ImportAll", reply_timeout=self.long_timeout)
         )
 
     async def list_import_runs(
@@ -508,22 +509,22 @@ class DaemonClient:
     ) -> tuple[list[Record], int]:
         """ListImportRuns: one page of import runs (source 0 = all) and the total."""
         return await self._call_page(
-            IFACE_BLOCKLISTS, "ListImportRuns", "uuu", [source_id, page, page_size]
+            BLOCKLISTS_INTERFACE, "ListImportRuns", "uuu", [source_id, page, page_size]
         )
 
     async def preview_source(self, url: str) -> Record:
         """PreviewSource (admin): a dry run of a list; nothing is banned or stored."""
         return _as_record(
             await self._call1(
-                IFACE_BLOCKLISTS, "PreviewSource", "s", [url], reply_timeout=self.long_timeout
+                BLOCKLISTS_INTERFACE, "PreviewSource", "s", [url], reply_timeout=self.long_timeout
             )
         )
 
     # --- org.bangui.Daemon1.Geo ---------------------------------------------------------------
     async def lookup_ip(self, ip: str) -> Record:
         """LookupIp: country, ASN and organisation of one address."""
-        return _as_record(await self._call1(IFACE_GEO, "LookupIp", "s", [ip]))
+        return _as_record(await self._call1(GEO_INTERFACE, "LookupIp", "s", [ip]))
 
     async def lookup_ips(self, ips: Sequence[str]) -> list[Record]:
         """LookupIps: one answer per address, in the order asked."""
-        return _as_records(await self._call1(IFACE_GEO, "LookupIps", "as", [list(ips)]))
+        return _as_records(await self._call1(GEO_INTERFACE, "LookupIps", "as", [list(ips)]))

@@ -1,8 +1,8 @@
 """The desktop's notification server (`org.freedesktop.Notifications` on the session bus).
 
 Only `banguictl notify`, a per-user agent, talks to it: a system daemon has no
-business posting on somebody's desktop. Kept beside the daemon's client so that the
-CLI never touches a dbus-fast type.
+business posting on somebody's desktop. Kept beside bus_client.py so that the rest
+of the CLI never touches a dbus-fast type.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Final
 
 from dbus_fast import Variant
 
-from bangui_daemon.dbus.client import ERROR_FAILED, DaemonClient, DaemonError
+from bangui_daemon.cli.bus_client import ERROR_FAILED, DaemonClient, DaemonError
 
 NOTIFICATIONS_NAME: Final = "org.freedesktop.Notifications"
 NOTIFICATIONS_PATH: Final = "/org/freedesktop/Notifications"
