@@ -31,7 +31,6 @@ from bangui_daemon.services.state import DaemonState
 log = structlog.get_logger(__name__)
 
 RefusalCheck = Callable[[str, str], Awaitable[str | None]]  # (jail, address) -> reason
-MAX_PAGE = 1000
 ASK_CHUNK = 1000  # addresses per `get JAIL banned ...`
 SLACK = 1  # s: fail2ban's row rounds the time of ban, the list truncates it
 GRACE = 5  # s after its end a ban is surely lifted (fail2ban checks once a second)
@@ -125,9 +124,8 @@ class BanService:
         return ORIGIN_BLOCKLIST if jail == self._blocklist_jail() else ORIGIN_SELFBLOCK
 
     def list_bans(self, jail: str, offset: int, limit: int) -> tuple[list[ActiveBan], int]:
-        """Return one page of active bans, newest first, and the total."""
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidArgument(f"limit must be from 1 to {MAX_PAGE}, got {limit}")
+        """ListBans: one page of active bans, newest first, and the total (offset and
+        limit range-checked at the D-Bus edge, as for every paged method)."""
         if jail:
             self._require_jail(jail)
             bans: Iterable[ActiveBan] = self._bans.get(jail, {}).values()

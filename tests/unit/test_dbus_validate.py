@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 from dbus_fast import Variant
 
-from bangui_daemon.dbus.validate import BUCKET, PAGE, PAGE_SIZE, TIME, ArgumentCheck, IntRange
+from bangui_daemon.dbus.validate import (
+    BUCKET,
+    MAX_PAGE_SIZE,
+    PAGE,
+    PAGE_SIZE,
+    TIME,
+    ArgumentCheck,
+    IntRange,
+)
 from bangui_daemon.errors import InvalidArgument, quote
 
 
@@ -55,6 +63,13 @@ def test_integer_keys_of_a_dictionary_are_checked_by_key() -> None:
     check(({"until": Variant("s", "later")}, 1))  # a wrong type is the service's to name
     with pytest.raises(InvalidArgument, match=r"^filter until must be from 0"):
         check(({"until": Variant("x", -(2**63))}, 1))
+
+
+@pytest.mark.parametrize("limit", [0, MAX_PAGE_SIZE + 1])
+def test_a_page_size_out_of_range_is_refused(limit: int) -> None:
+    """ListBans, GetHistory, GetTop, ListImportRuns: one rule, at the edge."""
+    with pytest.raises(InvalidArgument, match=f"^limit must be from 1 to {MAX_PAGE_SIZE},"):
+        PAGE_SIZE.check("limit", limit)
 
 
 def test_int_range_message() -> None:
