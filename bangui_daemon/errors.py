@@ -3,6 +3,11 @@
 Every error derives from `BanguiError` *and* from the fitting builtin, so callers can
 catch either. Each carries the D-Bus error name the edge maps it to, and its message
 is one readable sentence that never echoes file contents or secrets.
+
+An error that one module raises and only its caller catches lives beside it, still
+in this tree: `DuplicateName` (archive/sources_repo.py), `Fail2banDbMissing`
+(archive/f2b_copy.py), `BusUnavailable` (dbus/server.py), and the CLI's `DaemonError`
+(cli/bus_client.py), which carries the D-Bus error name of a reply.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import aiosqlite
 
 from bangui_daemon.archive.db import Archive, rollback
 from bangui_daemon.archive.state_repo import put_state
+from bangui_daemon.errors import BanguiError
 
 
 def _ro_uri(path: str) -> str:
@@ -41,7 +42,7 @@ CHECKPOINT_PAGES = 16384  # 64 MiB of WAL with 4 KiB pages
 STAGE_ROWS = 2_000
 
 
-class Fail2banDbMissing(Exception):
+class Fail2banDbMissing(BanguiError, FileNotFoundError):
     """fail2ban's DB file or its `bans` table does not exist (yet)."""
 
 

@@ -6,6 +6,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from bangui_daemon.archive.db import Archive
+from bangui_daemon.errors import InvalidArgument
 
 SOURCE_COLUMNS = (
     "id, name, url, enabled, etag, last_modified, last_run, last_status, last_imported, "
@@ -35,8 +36,8 @@ class SourceRow:
     """Entry cap of this source; 0 = blocklist.max_entries."""
 
 
-class DuplicateName(Exception):
-    """Another source already has that name."""
+class DuplicateName(InvalidArgument):
+    """Another source already has that name (the service words what the caller sees)."""
 
 
 class SourcesRepository:
