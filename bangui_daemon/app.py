@@ -26,7 +26,7 @@ from bangui_daemon.events import EventHub
 from bangui_daemon.logs import configure_logging
 from bangui_daemon.metrics.exposition import MetricsServer
 from bangui_daemon.notify import Notifier
-from bangui_daemon.services.state import RUNNING, STOPPING, DaemonState
+from bangui_daemon.services.daemon_state import RUNNING, STOPPING, DaemonState
 from bangui_daemon.services.status import StatusService
 from bangui_daemon.tasks.scheduler import Scheduler
 from bangui_daemon.wiring import Components, build

@@ -33,11 +33,11 @@ from bangui_daemon.services.bans import BanService
 from bangui_daemon.services.blocklists import BlocklistService
 from bangui_daemon.services.crowdsec import SOURCE as CROWDSEC_SOURCE
 from bangui_daemon.services.crowdsec import CrowdsecBridge
+from bangui_daemon.services.daemon_state import DaemonState
 from bangui_daemon.services.fail2ban_setup import Fail2banSetupCheck
 from bangui_daemon.services.geo import GeoService
 from bangui_daemon.services.history import HistoryService
 from bangui_daemon.services.metrics import MetricsService, TaskStat
-from bangui_daemon.services.state import DaemonState
 from bangui_daemon.services.status import StatusService
 from bangui_daemon.tasks import (
     ban_watch,

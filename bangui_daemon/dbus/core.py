@@ -25,7 +25,7 @@ from bangui_daemon.events import (
 )
 from bangui_daemon.models import NO_GEO, ActiveBan, GeoFields
 from bangui_daemon.services.bans import BanService
-from bangui_daemon.services.state import DaemonState
+from bangui_daemon.services.daemon_state import DaemonState
 from bangui_daemon.services.status import StatusService
 from bangui_daemon.tasks.scheduler import Scheduler
 

@@ -19,7 +19,7 @@ from bangui_daemon.dbus.signals import SignalPump
 from bangui_daemon.dbus.transport import tolerate_full_send_buffer, write_utf8_right
 from bangui_daemon.errors import BanguiError
 from bangui_daemon.events import EventHub
-from bangui_daemon.services.state import DaemonState
+from bangui_daemon.services.daemon_state import DaemonState
 from bangui_daemon.wiring import Components
 
 log = structlog.get_logger(__name__)

@@ -26,7 +26,7 @@ from bangui_daemon.errors import (
 from bangui_daemon.fail2ban.client import BanEntry, Fail2banClient, JailCounts
 from bangui_daemon.fail2ban.db_tail import BanRow
 from bangui_daemon.models import ORIGIN_BLOCKLIST, ORIGIN_SELFBLOCK, ActiveBan, JailInfo
-from bangui_daemon.services.state import DaemonState
+from bangui_daemon.services.daemon_state import DaemonState
 
 log = structlog.get_logger(__name__)
 

@@ -30,8 +30,8 @@ from bangui_daemon.fail2ban.client import Fail2banClient, JailSettings
 from bangui_daemon.metrics.exposition import write_textfile
 from bangui_daemon.metrics.families import Family
 from bangui_daemon.services.bans import BanService
+from bangui_daemon.services.daemon_state import DaemonState
 from bangui_daemon.services.geo import GeoService
-from bangui_daemon.services.state import DaemonState
 
 log = structlog.get_logger(__name__)
 

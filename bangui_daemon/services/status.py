@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bangui_daemon.services.bans import BanService
-from bangui_daemon.services.state import DaemonState
+from bangui_daemon.services.daemon_state import DaemonState
 
 Counter = Callable[[], Awaitable[int]]
 

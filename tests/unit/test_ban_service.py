@@ -23,7 +23,7 @@ from bangui_daemon.events import EventHub, PropertiesChanged
 from bangui_daemon.fail2ban.client import BanEntry, Fail2banClient, JailCounts
 from bangui_daemon.models import ORIGIN_BLOCKLIST, ORIGIN_SELFBLOCK
 from bangui_daemon.services.bans import BanService
-from bangui_daemon.services.state import DaemonState
+from bangui_daemon.services.daemon_state import DaemonState
 
 SSHD, BLOCKLIST = "sshd", "blocklist-import"
 HOST = "45.113.99.7"  # this host's own address: never banned

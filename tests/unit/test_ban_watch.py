@@ -18,7 +18,7 @@ from bangui_daemon.fail2ban.client import BanEntry, JailCounts
 from bangui_daemon.fail2ban.db_tail import BanRow, TailRead
 from bangui_daemon.services.ban_watch import FULL_EVERY, PER_ADDRESS_LIMIT, BanWatch
 from bangui_daemon.services.bans import BanService
-from bangui_daemon.services.state import DaemonState
+from bangui_daemon.services.daemon_state import DaemonState
 
 
 class FakeFail2ban:

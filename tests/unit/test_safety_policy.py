@@ -22,7 +22,7 @@ from bangui_daemon.errors import Refused
 from bangui_daemon.events import EventHub
 from bangui_daemon.fail2ban.client import Fail2banClient, JailCounts
 from bangui_daemon.services.bans import BanService
-from bangui_daemon.services.state import DaemonState
+from bangui_daemon.services.daemon_state import DaemonState
 
 
 class FakeFail2ban:

@@ -6,7 +6,7 @@ import pytest
 import structlog.testing
 
 from bangui_daemon.events import Event, EventHub, PropertiesChanged, TaskFinished
-from bangui_daemon.services.state import RUNNING, DaemonState
+from bangui_daemon.services.daemon_state import RUNNING, DaemonState
 from bangui_daemon.tasks.scheduler import Scheduler
 
 
