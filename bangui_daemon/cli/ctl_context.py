@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
+import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Final, TextIO
@@ -189,3 +191,20 @@ def page_footer(shown: int, first: int, total: int, hint: str) -> str:
 
 
 # --- commands -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def on_stop_signals(callback: Callable[[], object]) -> Iterator[None]:
+    """Call `callback` on SIGINT or SIGTERM while inside: the long-running commands
+    (watch, panel, notify) end cleanly. Outside the main thread nothing is installed."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, callback)
+            installed.append(signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final
 
 from bangui_daemon.cli.bus_client import DaemonClient, DaemonError
-from bangui_daemon.cli.ctl_context import EXIT_OK, PROG, Context, as_int, as_text
+from bangui_daemon.cli.ctl_context import EXIT_OK, PROG, Context, as_int, as_text, on_stop_signals
 from bangui_daemon.cli.desktop_notifications import (
     URGENCY_LOW,
     URGENCY_NORMAL,
@@ -236,14 +235,8 @@ async def cmd_notify(ctx: Context) -> int:
     """Run the agent until Ctrl-C/SIGTERM, reconnecting to either bus when it comes back."""
     agent = NotifyAgent(ctx, BurstCoalescer(interval=ctx.args.interval, quiet=QUIET))
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signum, stop.set)
-            installed.append(signum)
     said: str | None = None
-    try:
+    with on_stop_signals(stop.set):
         while not stop.is_set():
             daemon = session = None
             try:
@@ -269,7 +262,4 @@ async def cmd_notify(ctx: Context) -> int:
             if not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), RETRY)
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
     return EXIT_OK

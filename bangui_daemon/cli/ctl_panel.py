@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import html
 import json
-import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from bangui_daemon.cli.bus_client import DaemonClient, DaemonError
-from bangui_daemon.cli.ctl_context import EXIT_OK, Context, as_int, as_text
+from bangui_daemon.cli.ctl_context import EXIT_OK, Context, as_int, as_text, on_stop_signals
 
 PANEL_FORMATS: Final = ("waybar", "polybar", "i3blocks")
 LATEST: Final = 5
@@ -247,13 +246,7 @@ async def cmd_panel(ctx: Context) -> int:
     """Print the bar's line for every state change until Ctrl-C/SIGTERM; reconnect forever."""
     printer = LinePrinter(ctx, FORMATTERS[ctx.args.format])
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signum, stop.set)
-            installed.append(signum)
-    try:
+    with on_stop_signals(stop.set):
         while not stop.is_set():
             client = DaemonClient(timeout=ctx.args.timeout)
             try:
@@ -269,7 +262,4 @@ async def cmd_panel(ctx: Context) -> int:
                 printer.show(OFFLINE)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), RETRY)
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
     return EXIT_OK

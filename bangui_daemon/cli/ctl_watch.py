@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +21,7 @@ from bangui_daemon.cli.ctl_context import (
     as_int,
     as_text,
     json_default,
+    on_stop_signals,
 )
 from bangui_daemon.dbus.names import BUS_NAME, CORE_INTERFACE
 
@@ -100,57 +100,48 @@ async def cmd_watch(ctx: Context) -> int:
     if not await ctx.client.daemon_running():
         ctx.err.write(f"{PROG}: note: {BUS_NAME} is not on the bus yet; waiting for it\n")
         ctx.err.flush()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, queue.put_nowait, "stop")
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            pass
 
     def on_closed(fut: asyncio.Future[None]) -> None:
         if not fut.cancelled():
             queue.put_nowait("closed")
 
-    closed = asyncio.ensure_future(ctx.client.wait_closed())
-    closed.add_done_callback(on_closed)
-    if ctx.ready is not None:
-        ctx.ready.set()
-    printed = 0
-    stopped_by = "count"
-    try:
-        while limit is None or printed < limit:
-            item = await queue.get()
-            if isinstance(item, str):
-                stopped_by = item
-                break
-            interface, member, args = item
-            if member not in members:
-                continue
-            named = watched(interface, member, args)
-            if named is None:
-                continue
-            now = time.time()
-            stamp = render.format_timestamp(int(now), ctx.tz)
-            if ctx.json:
-                doc = {
-                    "time": now,
-                    "local_time": stamp,
-                    "interface": interface,
-                    "signal": member,
-                    "args": named,
-                }
-                line = json.dumps(doc, default=json_default)
-            else:
-                line = watch_line(member, named, stamp)
-            ctx.out.write(line + "\n")
-            ctx.out.flush()
-            printed += 1
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-        closed.cancel()
+    with on_stop_signals(lambda: queue.put_nowait("stop")):
+        closed = asyncio.ensure_future(ctx.client.wait_closed())
+        closed.add_done_callback(on_closed)
+        if ctx.ready is not None:
+            ctx.ready.set()
+        printed = 0
+        stopped_by = "count"
+        try:
+            while limit is None or printed < limit:
+                item = await queue.get()
+                if isinstance(item, str):
+                    stopped_by = item
+                    break
+                interface, member, args = item
+                if member not in members:
+                    continue
+                named = watched(interface, member, args)
+                if named is None:
+                    continue
+                now = time.time()
+                stamp = render.format_timestamp(int(now), ctx.tz)
+                if ctx.json:
+                    doc = {
+                        "time": now,
+                        "local_time": stamp,
+                        "interface": interface,
+                        "signal": member,
+                        "args": named,
+                    }
+                    line = json.dumps(doc, default=json_default)
+                else:
+                    line = watch_line(member, named, stamp)
+                ctx.out.write(line + "\n")
+                ctx.out.flush()
+                printed += 1
+        finally:
+            closed.cancel()
     if stopped_by == "closed":
         ctx.err.write(f"{PROG}: lost the connection to {ctx.client.address_label}\n")
         return EXIT_UNAVAILABLE
