@@ -1,23 +1,16 @@
-"""Geo answers for D-Bus callers and tasks: MMDB + an in-memory cache, sqlite behind it.
+"""Geo answers for D-Bus callers and tasks: the MMDB, the cache (services/geo_cache.py)
+and, for the geo_resolve task only, the HTTP fallback.
 
 Why it is shaped this way:
 
-- The hot path never touches sqlite: an MMDB lookup (C extension) plus a dict hit is
-  20-100x faster than an aiosqlite point read, so ``lookup_ips`` answers from memory
-  and the MMDB, and ``fields`` (ListBans) is synchronous and memory-only.
-- New answers enter memory at once and are written in batches by :meth:`flush` (the
-  geo_resolve task, a large backlog, shutdown); ``last_seen`` touches are collected
-  the same way and at most once per ``touch_granularity`` per entry, so a panel that
-  polls ListBans every few seconds does not rewrite thousands of rows each time.
-- Memory is bounded (``max_memory`` entries, about 300 bytes each). While everything
-  stored fits, memory mirrors the table; beyond that the table is consulted only
-  where the MMDB cannot answer (an HTTP answer may be stored there).
+- The hot path never touches sqlite: an MMDB lookup (C extension) plus a hit in the
+  cache's memory, so ``lookup_ips`` answers from memory and the MMDB, and ``fields``
+  (ListBans) is synchronous and memory-only. Where the cache's memory is incomplete,
+  the table is consulted only where the MMDB cannot answer (an HTTP answer may be
+  stored there).
 - The HTTP fallback sends banned addresses to a third party and is rate-limited, so
   only the geo_resolve task uses it, never a D-Bus call, and only for addresses the
   MMDB could not answer.
-- The cleanup must not delete a row whose entry was touched after the pending
-  touches were written: :meth:`delete_stale` decides what memory keeps without
-  yielding between the flush and the DELETE, and re-queues such entries as upserts.
 """
 
 from __future__ import annotations
@@ -33,17 +26,16 @@ import structlog
 
 from bangui_daemon.archive.geo_repo import CacheEntry, GeoCacheRepository
 from bangui_daemon.errors import InvalidArgument
-from bangui_daemon.events import EventHub, PropertiesChanged
+from bangui_daemon.events import EventHub
 from bangui_daemon.geo.lookup import GeoAnswer, MmdbResolver, normalise_ip
 from bangui_daemon.models import NO_GEO, GeoFields
+from bangui_daemon.services.geo_cache import MAX_MEMORY, TOUCH_GRANULARITY, GeoCache
 
 __all__ = ["MAX_LOOKUP", "GeoFallback", "GeoService"]
 
 log = structlog.get_logger(__name__)
 
 MAX_LOOKUP: Final = 10_000  # LookupIps limit of the contract
-MAX_MEMORY: Final = 200_000  # entries kept in memory (~60 MB at most)
-TOUCH_GRANULARITY: Final = 3600  # seconds; retention is counted in days
 FLUSH_AT: Final = 20_000  # pending answers that trigger a write from a lookup
 RESOLVE_CHUNK: Final = 2000  # MMDB lookups between yields to the event loop
 MAX_FALLBACK_PER_RUN: Final = 1500  # 15 requests/min x 100: what ip-api allows a minute
@@ -56,7 +48,7 @@ class GeoFallback(Protocol):
 
 
 class GeoService:
-    """Geo lookups with a bounded in-memory cache persisted in batches to geo_cache."""
+    """Geo lookups: fresh cached answers first, the MMDB for the rest."""
 
     def __init__(
         self,
@@ -70,21 +62,13 @@ class GeoService:
         flush_at: int = FLUSH_AT,
         hub: EventHub | None = None,
     ) -> None:
-        self._repo = repo
         self._resolver = resolver
         self._fallback = fallback
         self._clock = clock
-        self._max_memory = max(1, max_memory)
-        self._touch_granularity = touch_granularity
         self._flush_at = flush_at
-        self._hub = hub
-        self._entries: dict[str, CacheEntry] = {}  # oldest first: evicted first
-        self._pending: dict[str, CacheEntry] = {}  # answers not yet written
-        self._touched: set[str] = set()  # stored entries whose last_seen must move
-        self._complete = True  # memory holds every stored entry
-        self._count = 0  # rows in geo_cache as of the last write
-        self._published = 0
-        self._lock = asyncio.Lock()  # flush and delete_stale, one at a time
+        self._cache = GeoCache(
+            repo, clock, max_memory=max_memory, touch_granularity=touch_granularity, hub=hub
+        )
 
     # ---- state ------------------------------------------------------------
 
@@ -92,20 +76,16 @@ class GeoService:
     def entries(self) -> int:
         """Rows in the cache table (GetStatus geo_cache_entries, CacheEntries);
         answers not flushed yet are counted once written."""
-        return self._count
+        return self._cache.entries
 
     @property
     def pending(self) -> int:
         """Answers and touches waiting for :meth:`flush`."""
-        return len(self._pending) + len(self._touched)
+        return self._cache.pending
 
     async def load(self) -> None:
-        """Warm memory with the most recently seen entries (at most ``max_memory``)."""
-        self._count = self._published = await self._repo.count()
-        rows = await self._repo.recent(self._max_memory)
-        self._entries = {e.ip: e for e in reversed(rows)}
-        self._complete = self._count <= len(rows)
-        log.debug("geo_cache_loaded", entries=self._count, in_memory=len(self._entries))
+        """Warm the cache's memory from the table."""
+        await self._cache.load()
 
     def maybe_reload(self) -> bool:
         """Reopen MMDB files that changed (throttled by the resolver)."""
@@ -122,17 +102,17 @@ class GeoService:
         before any is looked up. Source ``"cache"`` for a fresh cached answer."""
         if len(ips) > MAX_LOOKUP:
             raise InvalidArgument(f"at most {MAX_LOOKUP} addresses can be looked up at once.")
-        known = self._entries
+        cache = self._cache
         # A key of the cache is a canonical address already: skip parsing it again.
-        keys = [ip if ip in known else normalise_ip(ip) for ip in ips]
+        keys = [ip if cache.get(ip) is not None else normalise_ip(ip) for ip in ips]
         now = self._clock()
         build = self._build()
         out: dict[str, GeoAnswer] = {}
         misses: list[str] = []
         for ip in dict.fromkeys(keys):
-            entry = self._entries.get(ip)
-            if entry is not None and self._repo.is_fresh(entry, build, now):
-                self._touch(entry, now)
+            entry = cache.get(ip)
+            if entry is not None and cache.is_fresh(entry, build, now):
+                cache.touch(entry, now)
                 out[ip] = _cached(entry)
             else:
                 misses.append(ip)
@@ -141,16 +121,17 @@ class GeoService:
                 await asyncio.sleep(0)  # let other callers and the ban watch run
             answers = self._resolver.lookup_many(misses[start : start + RESOLVE_CHUNK])
             build, now = self._resolver.database_build_id(), self._clock()
-            stored = await self._stored_for(answers)
+            # MMDB negatives memory does not hold: the table may have an HTTP answer
+            stored = await cache.stored(a.ip for a in answers if not a.found)
             for answer in answers:
                 entry = stored.get(answer.ip)
-                if entry is not None and self._repo.is_fresh(entry, build, now):
-                    self._remember(entry)
-                    self._touch(entry, now)
+                if entry is not None and cache.is_fresh(entry, build, now):
+                    cache.remember(entry)
+                    cache.touch(entry, now)
                     out[answer.ip] = _cached(entry)
                 else:
                     out[answer.ip] = self._accept(answer, build, now)
-        if len(self._pending) >= self._flush_at and not self._lock.locked():
+        if cache.unwritten >= self._flush_at and not cache.writing:
             try:
                 await self.flush()
             except Exception as exc:  # the answers stand; the task writes them later
@@ -160,16 +141,16 @@ class GeoService:
     def fields(self, ip: str) -> GeoFields:
         """Country/ASN/org for ListBans: memory only, never blocks, never raises.
         A stale entry still answers (better than nothing until it is resolved again)."""
-        entry = self._entries.get(ip)
+        entry = self._cache.get(ip)
         if entry is None:
             try:
                 key = normalise_ip(ip)
             except InvalidArgument:
                 return NO_GEO
-            entry = self._entries.get(key) if key != ip else None
+            entry = self._cache.get(key) if key != ip else None
             if entry is None:
                 return NO_GEO
-        self._touch(entry, self._clock())
+        self._cache.touch(entry, self._clock())
         if not entry.found:
             return NO_GEO
         return GeoFields(country_code=entry.country_code, asn=entry.asn, org=entry.org)
@@ -186,16 +167,7 @@ class GeoService:
         if not keys:
             return
         await self.lookup_ips(keys)
-        async with self._lock:
-            entries = [self._pending.pop(ip) for ip in dict.fromkeys(keys) if ip in self._pending]
-            if not entries:
-                return
-            try:
-                self._count += await self._repo.upsert(entries)
-            except BaseException:
-                self._pending.update({e.ip: e for e in entries if e.ip not in self._pending})
-                raise
-        self._publish_count()
+        await self._cache.write(keys)
 
     # ---- the geo_resolve task ------------------------------------------------
 
@@ -211,19 +183,18 @@ class GeoService:
             except InvalidArgument:
                 invalid += 1
         unique = list(dict.fromkeys(keys))
-        if not self._complete:
-            stored = await self._repo.get_many([ip for ip in unique if ip not in self._entries])
-            for hit in stored.values():
-                self._remember(hit)
+        cache = self._cache
+        for hit in (await cache.stored(unique)).values():
+            cache.remember(hit)
         now, build = self._clock(), self._build()
         cached = resolved = found = 0
         want: list[str] = []
         ask_api: list[str] = []
         for ip in unique:
-            entry = self._entries.get(ip)
-            if entry is not None and self._repo.is_fresh(entry, build, now):
+            entry = cache.get(ip)
+            if entry is not None and cache.is_fresh(entry, build, now):
                 cached += 1
-                self._touch(entry, now)
+                cache.touch(entry, now)
                 if self._wants_api(entry):
                     ask_api.append(ip)
             else:
@@ -276,57 +247,12 @@ class GeoService:
     # ---- persistence ------------------------------------------------------
 
     async def flush(self) -> dict[str, int]:
-        """Write pending answers (one transaction) and pending touches (another)."""
-        async with self._lock:
-            result = await self._flush_locked()
-        self._publish_count()
-        return result
+        """Write pending answers and touches (see GeoCache.flush)."""
+        return await self._cache.flush()
 
     async def delete_stale(self, cutoff: int) -> int:
-        """Drop entries last seen before ``cutoff`` from the table and from memory,
-        after writing pending touches; return how many rows were deleted."""
-        async with self._lock:
-            await self._flush_locked()
-            # From here to the DELETE nothing yields, so memory and table agree.
-            now = int(self._clock())
-            for ip, entry in list(self._entries.items()):
-                if entry.last_seen >= cutoff or ip in self._pending:
-                    continue
-                if ip in self._touched:  # used during the flush: keep it, rewrite it
-                    self._touched.discard(ip)
-                    entry.last_seen = now
-                    self._pending[ip] = entry
-                else:
-                    del self._entries[ip]
-            deleted = await self._repo.delete_stale(cutoff)
-            self._count = await self._repo.count()
-        self._publish_count()
-        return deleted
-
-    async def _flush_locked(self) -> dict[str, int]:
-        pending, self._pending = self._pending, {}
-        touched, self._touched = self._touched, set()
-        new = 0
-        if pending:
-            try:
-                new = await self._repo.upsert(pending.values())
-            except BaseException:
-                self._pending = {**pending, **self._pending}
-                self._touched |= touched
-                raise
-            self._count += new
-        if touched:
-            now = int(self._clock())
-            try:
-                await self._repo.touch(touched, now)
-            except BaseException:
-                self._touched |= touched
-                raise
-            for ip in touched:
-                entry = self._entries.get(ip)
-                if entry is not None and entry.last_seen < now:
-                    entry.last_seen = now
-        return {"written": len(pending), "new": new, "touched": len(touched)}
+        """Drop entries last seen before ``cutoff`` (see GeoCache.delete_stale)."""
+        return await self._cache.delete_stale(cutoff)
 
     # ---- internals --------------------------------------------------------
 
@@ -334,38 +260,13 @@ class GeoService:
         self._resolver.maybe_reload()
         return self._resolver.database_build_id()
 
-    async def _stored_for(self, answers: Sequence[GeoAnswer]) -> dict[str, CacheEntry]:
-        """Stored entries for MMDB negatives that memory does not hold (only when
-        memory is incomplete): the table may have an HTTP answer for them."""
-        if self._complete:
-            return {}
-        unknown = [a.ip for a in answers if not a.found and a.ip not in self._entries]
-        return await self._repo.get_many(unknown) if unknown else {}
-
-    def _touch(self, entry: CacheEntry, now: float) -> None:
-        """Note a use; written at most once per touch_granularity per entry."""
-        if now - entry.last_seen < self._touch_granularity:
-            return
-        if entry.ip in self._pending:
-            entry.last_seen = int(now)
-        else:
-            self._touched.add(entry.ip)
-
-    def _remember(self, entry: CacheEntry) -> None:
-        entries = self._entries
-        entries.pop(entry.ip, None)  # re-inserted last: evicted last
-        entries[entry.ip] = entry
-        if len(entries) > self._max_memory:
-            del entries[next(iter(entries))]
-            self._complete = False
-
     def _accept(self, answer: GeoAnswer, build: str, now: float) -> GeoAnswer:
         """Cache a fresh answer (memory now, table on flush); return what to serve.
 
         An MMDB negative does not replace an expired HTTP answer while the fallback
         is configured: the old answer is better than none until the task asks again.
         """
-        old = self._entries.get(answer.ip)
+        old = self._cache.get(answer.ip)
         if (
             not answer.found
             and answer.source != "api"
@@ -374,7 +275,7 @@ class GeoService:
             and old.source == "api"
             and self._fallback is not None
         ):
-            self._touch(old, now)
+            self._cache.touch(old, now)
             return _cached(old)
         intern = sys.intern
         stamp = int(now)
@@ -390,15 +291,8 @@ class GeoService:
             resolved_at=stamp,
             last_seen=max(stamp, old.last_seen) if old is not None else stamp,
         )
-        self._remember(entry)
-        self._pending[entry.ip] = entry
-        self._touched.discard(entry.ip)
+        self._cache.put(entry)
         return answer
-
-    def _publish_count(self) -> None:
-        if self._hub is not None and self._count != self._published:
-            self._published = self._count
-            self._hub.publish(PropertiesChanged({"CacheEntries": self._count}, "geo"))
 
 
 def _cached(entry: CacheEntry) -> GeoAnswer:
