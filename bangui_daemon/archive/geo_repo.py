@@ -207,24 +207,6 @@ class GeoCacheRepository:
     async def count(self) -> int:
         return int(await self._archive.scalar("SELECT count(*) FROM geo_cache") or 0)
 
-    async def unresolved(
-        self, ips: Iterable[str], *, build: str | None = None, now: float | None = None
-    ) -> list[str]:
-        """Which of ``ips`` have no entry, in the order given (duplicates once).
-
-        With ``build`` and ``now``, entries that are no longer fresh count as
-        unresolved too (see :meth:`is_fresh`).
-        """
-        wanted = list(dict.fromkeys(ips))
-        stored = await self.get_many(wanted)
-        check = build is not None and now is not None
-        return [
-            ip
-            for ip in wanted
-            if (entry := stored.get(ip)) is None
-            or (check and not self.is_fresh(entry, build or "", now or 0.0))
-        ]
-
     async def delete_stale(self, cutoff: int) -> int:
         """Delete entries last seen before ``cutoff`` in short transactions; return
         the count. An interrupted run is simply continued by the next one."""
