@@ -8,8 +8,7 @@ from dbus_fast.service import ServiceInterface
 from bangui_daemon.dbus.names import GEO_INTERFACE
 from bangui_daemon.dbus.shim import dbus_method, dbus_read_property
 from bangui_daemon.dbus.signals import SignalPump
-from bangui_daemon.geo.lookup import GeoAnswer
-from bangui_daemon.services.geo import GeoPropertiesChanged, GeoService
+from bangui_daemon.services.geo import GeoAnswer, GeoPropertiesChanged, GeoService
 
 
 def geo_record(answer: GeoAnswer) -> dict[str, Variant]:
