@@ -1,4 +1,4 @@
-"""The history_sync task: copy fail2ban's new ban rows into the archive.
+"""Copy fail2ban's new ban rows into the archive (the history_sync task's work).
 
 Incremental by fail2ban's rowid: only rows above the high-water mark are read, so a
 run costs what is new, not what is archived. Small runs put their rows in the recent
@@ -25,11 +25,10 @@ from bangui_daemon.archive.f2b_copy import Fail2banCopy, Fail2banDbMissing
 from bangui_daemon.archive.state_repo import get_state, put_state
 from bangui_daemon.events import EventHub, HistorySynced
 from bangui_daemon.fail2ban.ban_rows import await_ban_rows
-from bangui_daemon.tasks.scheduler import TaskResult
+from bangui_daemon.models import TaskResult
 
 log = structlog.get_logger(__name__)
 
-NAME = "history_sync"
 PAGE_ROWS = 5000
 RECENT_MAX = 20_000  # rows in the recent ip index before a run merges it
 MARK_ROWID = "history_sync.rowid"
@@ -62,7 +61,7 @@ class HistorySync:
         self.last_sync = int(await get_state(self._archive, LAST_SYNC) or 0)
 
     async def run(self) -> TaskResult:
-        """One full incremental sync (the scheduled task and RunTask)."""
+        """One full incremental sync: what the history_sync task runs."""
         async with self._lock:
             result = await self._sync()
         if result.get("new_events"):
