@@ -1,5 +1,8 @@
 """The import arrows run one way: D-Bus edge -> services -> adapters; tasks -> services.
 
+And each outside library (dbus-fast, aiosqlite, aiohttp...) is imported only behind
+its own edge, as the README's "How it is built" says.
+
 Read from the source with `ast`, so an import under TYPE_CHECKING or inside a
 function counts as much as one at the top: a type is an arrow too.
 """
@@ -27,14 +30,29 @@ FORBIDDEN: dict[str, set[str]] = {
 }
 ONLY: dict[str, set[str]] = {"tasks": {"tasks", "services"} | SHARED}  # allow-list
 
+# Each outside library behind its own edge: where it may be imported (module prefixes).
+LIBRARIES: dict[str, tuple[str, ...]] = {
+    "dbus_fast": ("bangui_daemon.dbus", "bangui_daemon.cli"),
+    "aiosqlite": ("bangui_daemon.archive",),
+    "aiohttp": (
+        "bangui_daemon.blocklist.fetch",
+        "bangui_daemon.geo.http_fallback",
+        "bangui_daemon.crowdsec.lapi",
+        "bangui_daemon.metrics.exposition",
+    ),
+    "prometheus_client": ("bangui_daemon.metrics",),
+    "geoip2": ("bangui_daemon.geo.lookup",),
+    "maxminddb": ("bangui_daemon.geo.lookup",),
+}
+
 
 def part_of(module: str) -> str:
     """The top-level part a bangui_daemon module belongs to ("dbus", "wiring", ...)."""
     return module.split(".")[1] if module.count(".") else ""
 
 
-def imports_of(module: str, source: str, is_package: bool = False) -> set[str]:
-    """Every bangui_daemon module `source` imports, relative imports resolved."""
+def all_imports(module: str, source: str, is_package: bool = False) -> set[str]:
+    """Every module `source` imports, relative imports resolved."""
     found: set[str] = set()
     here = module.split(".") if is_package else module.split(".")[:-1]
     for node in ast.walk(ast.parse(source)):
@@ -50,7 +68,23 @@ def imports_of(module: str, source: str, is_package: bool = False) -> set[str]:
             # `from bangui_daemon import tasks` names a part too
             if target == "bangui_daemon":
                 found.update(f"bangui_daemon.{alias.name}" for alias in node.names)
+    return found
+
+
+def imports_of(module: str, source: str, is_package: bool = False) -> set[str]:
+    """Every bangui_daemon module `source` imports."""
+    found = all_imports(module, source, is_package)
     return {m for m in found if m == "bangui_daemon" or m.startswith("bangui_daemon.")}
+
+
+def library_misuse(module: str, imported: set[str]) -> list[str]:
+    """Imports of an outside library from a module outside that library's edge."""
+    bad = []
+    for target in sorted(imported):
+        allowed = LIBRARIES.get(target.split(".")[0])
+        if allowed is not None and not module.startswith(allowed):
+            bad.append(f"{module} imports {target}")
+    return bad
 
 
 def violations(module: str, imported: set[str]) -> list[str]:
@@ -81,6 +115,25 @@ def test_every_import_arrow_runs_one_way() -> None:
     assert len(modules) > 50  # the walk found the package
     bad = [v for name, src, pkg in modules for v in violations(name, imports_of(name, src, pkg))]
     assert bad == []
+
+
+def test_each_outside_library_stays_behind_its_edge() -> None:
+    bad = [
+        v
+        for name, src, pkg in product_modules()
+        for v in library_misuse(name, all_imports(name, src, pkg))
+    ]
+    assert bad == []
+
+
+def test_the_check_sees_a_library_outside_its_edge() -> None:
+    source = "import aiosqlite\nfrom dbus_fast import Variant\nfrom aiohttp import web"
+    assert library_misuse("bangui_daemon.services.x", all_imports("x", source)) == [
+        "bangui_daemon.services.x imports aiohttp",
+        "bangui_daemon.services.x imports aiosqlite",
+        "bangui_daemon.services.x imports dbus_fast",
+    ]
+    assert library_misuse("bangui_daemon.archive.db", {"aiosqlite"}) == []
 
 
 @pytest.mark.parametrize(
