@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 ORIGIN_BLOCKLIST = "blocklist"
@@ -38,3 +39,21 @@ class GeoFields:
 
 
 NO_GEO = GeoFields()
+
+
+TaskResult = Mapping[str, object]  # what a task run returns, shown by RunTask
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """One scheduled task as ListTasks and the metrics show it."""
+
+    name: str
+    interval: float
+    running: bool
+    last_run: int
+    last_status: str
+    next_run: int
+    runs: int
+    failures: int
+    last_duration: float = 0.0

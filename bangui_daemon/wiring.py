@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from bangui_daemon.archive.db import Archive, Migration
 from bangui_daemon.archive.events_repo import EventsRepository
 from bangui_daemon.archive.geo_repo import GeoCacheRepository
+from bangui_daemon.archive.import_runs_repo import ImportRunsRepository
+from bangui_daemon.archive.sources_repo import SourcesRepository
 from bangui_daemon.blocklist.host import HostAddresses, resolve_hostname
 from bangui_daemon.blocklist.importer import Importer
 from bangui_daemon.blocklist.safety import SafetyPolicy
@@ -37,25 +39,23 @@ from bangui_daemon.services.daemon_state import DaemonState
 from bangui_daemon.services.fail2ban_setup import Fail2banSetupCheck
 from bangui_daemon.services.geo import GeoService
 from bangui_daemon.services.history import HistoryService
+from bangui_daemon.services.history_sync import HistorySync
 from bangui_daemon.services.metrics import MetricsService, TaskStat
 from bangui_daemon.services.status import StatusService
-from bangui_daemon.tasks import (
-    ban_watch,
-    blocklist_import,
-    geo_cache_cleanup,
-    geo_resolve,
-    history_purge,
-    history_sync,
-    metrics,
-)
+from bangui_daemon.services.tasks import TaskService
+from bangui_daemon.tasks import ban_watch, blocklist_import, geo_resolve, history_sync, metrics
 from bangui_daemon.tasks.ban_watch import BanWatchTask
 from bangui_daemon.tasks.blocklist_import import BlocklistImport
 from bangui_daemon.tasks.crowdsec import PULL, PUSH, PUSH_INTERVAL, CrowdsecPull, CrowdsecPush
-from bangui_daemon.tasks.geo_cache_cleanup import GeoCacheCleanup
 from bangui_daemon.tasks.geo_resolve import GeoResolve
-from bangui_daemon.tasks.history_purge import HistoryPurge
-from bangui_daemon.tasks.history_sync import HistorySync
+from bangui_daemon.tasks.history_sync import HistorySyncTask
 from bangui_daemon.tasks.metrics import MetricsRefresh
+from bangui_daemon.tasks.retention import (
+    GEO_CACHE_CLEANUP,
+    HISTORY_PURGE,
+    GeoCacheCleanup,
+    HistoryPurge,
+)
 from bangui_daemon.tasks.scheduler import Scheduler
 
 GEO_RECENT = 7 * 86400  # archived addresses younger than this are kept resolved
@@ -69,6 +69,7 @@ class Components:
     archive: Archive
     client: Fail2banClient
     scheduler: Scheduler
+    tasks: TaskService
     bans: BanService
     watch: BanWatch
     status: StatusService
@@ -143,6 +144,7 @@ async def build(
         lambda: config().blocklist.jail,
         safety.refusal,
         before_unban=sync.capture_ip,
+        after_change=lambda: scheduler.poke(ban_watch.NAME),
     )
     history = HistoryService(events, bans.origin, lambda: scheduler.poke(history_sync.NAME))
     status = StatusService(
@@ -161,7 +163,9 @@ async def build(
         safety,
         fail2ban_db=lambda: config().fail2ban.database,
     )
-    blocklists = BlocklistService(importer)
+    blocklists = BlocklistService(
+        importer, SourcesRepository(archive), ImportRunsRepository(archive)
+    )
 
     async def geo_addresses() -> list[str]:
         # Banned first: they get the HTTP fallback's quota first.
@@ -197,9 +201,10 @@ async def build(
         timeout=cfg.fail2ban.timeout * 3,
         quiet=True,
     )
-    scheduler.add(history_sync.NAME, tasks.history_sync, sync.run, timeout=3600)
-    purge = HistoryPurge(events, lambda: config().archive.retention_days)
-    scheduler.add(history_purge.NAME, tasks.history_purge, purge.run, timeout=3600)
+    syncing = HistorySyncTask(sync)
+    scheduler.add(history_sync.NAME, tasks.history_sync, syncing.run, timeout=3600)
+    purge = HistoryPurge(history, lambda: config().archive.retention_days)
+    scheduler.add(HISTORY_PURGE, tasks.history_purge, purge.run, timeout=3600)
     importing = BlocklistImport(
         blocklists,
         lambda: config().tasks.blocklist_import,
@@ -212,7 +217,7 @@ async def build(
         geo_resolve.NAME, tasks.geo_resolve, GeoResolve(geo, geo_addresses).run, timeout=600
     )
     cleanup = GeoCacheCleanup(geo, lambda: config().geo.retention_days)
-    scheduler.add(geo_cache_cleanup.NAME, tasks.geo_cache_cleanup, cleanup.run, timeout=3600)
+    scheduler.add(GEO_CACHE_CLEANUP, tasks.geo_cache_cleanup, cleanup.run, timeout=3600)
 
     def task_stats() -> list[TaskStat]:
         return [
@@ -243,6 +248,7 @@ async def build(
         archive,
         client,
         scheduler,
+        TaskService(scheduler),
         bans,
         watch,
         status,

@@ -37,7 +37,7 @@ sys.path.insert(0, os.environ.get("BANGUI_TREE", str(Path(__file__).resolve().pa
 from bangui_daemon.archive.db import Archive
 from bangui_daemon.archive.events_repo import EventsRepository
 from bangui_daemon.events import EventHub
-from bangui_daemon.tasks.history_sync import HistorySync
+from bangui_daemon.services.history_sync import HistorySync
 from tests.integration.history_db import fill_bans
 from tests.unit.f2b_schema import SCHEMA_V4
 

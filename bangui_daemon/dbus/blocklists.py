@@ -7,15 +7,13 @@ from typing import Any
 from dbus_fast import Variant
 from dbus_fast.service import ServiceInterface
 
-from bangui_daemon.archive.import_runs_repo import RunRow
-from bangui_daemon.blocklist.importer import ImportOutcome
 from bangui_daemon.dbus.auth import Authorizer
 from bangui_daemon.dbus.names import BLOCKLISTS_INTERFACE
 from bangui_daemon.dbus.shim import dbus_method, dbus_signal
 from bangui_daemon.dbus.signals import SignalPump
 from bangui_daemon.dbus.validate import ID, PAGE, PAGE_SIZE
 from bangui_daemon.events import ImportFinished, ImportProgress, ImportStarted
-from bangui_daemon.services.blocklists import BlocklistService
+from bangui_daemon.services.blocklists import BlocklistService, ImportOutcome, RunRow
 
 
 def outcome_record(o: ImportOutcome, source_id: int | None = None) -> dict[str, Variant]:

@@ -27,7 +27,7 @@ from bangui_daemon.models import NO_GEO, ActiveBan, GeoFields
 from bangui_daemon.services.bans import BanService
 from bangui_daemon.services.daemon_state import DaemonState
 from bangui_daemon.services.status import StatusService
-from bangui_daemon.tasks.scheduler import Scheduler
+from bangui_daemon.services.tasks import TaskService
 
 T = TypeVar("T")
 GeoLookup = Callable[[str], GeoFields]
@@ -67,7 +67,7 @@ class CoreInterface(ServiceInterface):
         self,
         state: DaemonState,
         bans: BanService,
-        scheduler: Scheduler,
+        tasks: TaskService,
         status: StatusService,
         auth: Authorizer,
         geo: GeoLookup = lambda _ip: NO_GEO,
@@ -75,7 +75,7 @@ class CoreInterface(ServiceInterface):
         super().__init__(CORE_INTERFACE)
         self._state = state
         self._bans = bans
-        self._scheduler = scheduler
+        self._tasks = tasks
         self._status = status
         self._auth = auth
         self._geo = geo
@@ -164,16 +164,12 @@ class CoreInterface(ServiceInterface):
     @dbus_method("BanIp", args=("s", "s"), returns="b")
     async def ban_ip(self, jail: str, ip: str) -> bool:
         await self._auth.require_admin("BanIp")
-        newly = await bounded(self._bans.ban_ip(jail, ip))
-        self._scheduler.poke("ban_watch")
-        return newly
+        return await bounded(self._bans.ban_ip(jail, ip))
 
     @dbus_method("UnbanIp", args=("s", "s"), returns="u")
     async def unban_ip(self, jail: str, ip: str) -> int:
         await self._auth.require_admin("UnbanIp")
-        removed = await bounded(self._bans.unban_ip(jail, ip))
-        self._scheduler.poke("ban_watch")
-        return len(removed)
+        return len(await bounded(self._bans.unban_ip(jail, ip)))
 
     @dbus_method("ListTasks", returns="aa{sv}")
     async def list_tasks(self) -> list[dict[str, Variant]]:
@@ -189,13 +185,13 @@ class CoreInterface(ServiceInterface):
                 "runs": Variant("x", t.runs),
                 "failures": Variant("x", t.failures),
             }
-            for t in self._scheduler.info()
+            for t in self._tasks.list_tasks()
         ]
 
     @dbus_method("RunTask", args=("s",), returns="a{sv}")
     async def run_task(self, name: str) -> dict[str, Variant]:
         await self._auth.require_admin("RunTask")
-        status, result = await self._scheduler.run_now(name)
+        status, result = await self._tasks.run_task(name)
         return variant_dict({"name": name, "status": status, **result})
 
     # ---- signals ----------------------------------------------------------

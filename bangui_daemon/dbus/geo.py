@@ -9,8 +9,7 @@ from bangui_daemon.dbus.names import GEO_INTERFACE
 from bangui_daemon.dbus.shim import dbus_method, dbus_read_property
 from bangui_daemon.dbus.signals import SignalPump
 from bangui_daemon.events import PropertiesChanged
-from bangui_daemon.geo.lookup import GeoAnswer
-from bangui_daemon.services.geo import GeoService
+from bangui_daemon.services.geo import GeoAnswer, GeoService
 
 
 def geo_record(answer: GeoAnswer) -> dict[str, Variant]:

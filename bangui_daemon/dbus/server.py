@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Protocol, cast
 
 import structlog
 from dbus_fast import BusType, NameFlag, RequestNameReply
@@ -19,14 +19,30 @@ from bangui_daemon.dbus.signals import SignalPump
 from bangui_daemon.dbus.transport import tolerate_full_send_buffer, write_utf8_right
 from bangui_daemon.errors import BanguiError
 from bangui_daemon.events import EventHub
+from bangui_daemon.services.bans import BanService
+from bangui_daemon.services.blocklists import BlocklistService
 from bangui_daemon.services.daemon_state import DaemonState
-from bangui_daemon.wiring import Components
+from bangui_daemon.services.geo import GeoService
+from bangui_daemon.services.history import HistoryService
+from bangui_daemon.services.status import StatusService
+from bangui_daemon.services.tasks import TaskService
 
 log = structlog.get_logger(__name__)
 
 
 class BusUnavailable(BanguiError):
     """The bus cannot be reached, or another process owns our name."""
+
+
+class Services(Protocol):
+    """The services the four interfaces call (the daemon's wiring provides them)."""
+
+    bans: BanService
+    tasks: TaskService
+    status: StatusService
+    history: HistoryService
+    blocklists: BlocklistService
+    geo: GeoService
 
 
 def _bus_for(where: str) -> MessageBus:
@@ -51,7 +67,7 @@ class DbusServer:
         admin_group: Callable[[], str],
         hub: EventHub,
         state: DaemonState,
-        parts: Components,
+        parts: Services,
     ) -> DbusServer:
         """Connect, export the four interfaces and own `org.bangui.Daemon1`."""
         bus = _bus_for(where)
@@ -66,7 +82,7 @@ class DbusServer:
         auth = Authorizer(bus, admin_group, use_polkit=where == "system")
         pump = SignalPump(bus)
         interfaces = (
-            CoreInterface(state, parts.bans, parts.scheduler, parts.status, auth, parts.geo.fields),
+            CoreInterface(state, parts.bans, parts.tasks, parts.status, auth, parts.geo.fields),
             HistoryInterface(parts.history),
             BlocklistsInterface(parts.blocklists, auth),
             GeoInterface(parts.geo),

@@ -77,12 +77,14 @@ class BanService:
         blocklist_jail: Callable[[], str],
         refusal: RefusalCheck,
         before_unban: Callable[[str, list[str]], Awaitable[object]] | None = None,
+        after_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._client = client
         self._state = state
         self._blocklist_jail = blocklist_jail
         self._refusal = refusal
         self._before_unban = before_unban
+        self._after_change = after_change  # asks the ban watch for an early look
         self._counts: dict[str, JailCounts] = {}  # as last seen (ListJails)
         self._bans: dict[str, dict[str, ActiveBan]] = {}
         self._have_baseline = False
@@ -370,6 +372,7 @@ class BanService:
         except Fail2banCommandError as exc:
             raise InvalidArgument(f"fail2ban refused the ban: {exc.remote_message}") from exc
         log.info("ban_requested", jail=jail, ip=address, newly_banned=bool(newly))
+        self._after_change()
         return newly > 0
 
     async def unban_ip(self, jail: str, ip: str) -> list[str]:
@@ -395,4 +398,5 @@ class BanService:
                 self._due.setdefault(name, {})[address] = ban
                 self._unbanned.setdefault(name, set()).add(address)
         log.info("unban_requested", jail=jail or "*", ip=address, removed_from=removed)
+        self._after_change()
         return removed

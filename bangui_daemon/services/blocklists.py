@@ -11,10 +11,12 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from bangui_daemon.archive.import_runs_repo import RunRow
-from bangui_daemon.archive.sources_repo import DuplicateName, SourceRow
+from bangui_daemon.archive.import_runs_repo import ImportRunsRepository
+from bangui_daemon.archive.import_runs_repo import RunRow as RunRow  # the D-Bus edge shows these
+from bangui_daemon.archive.sources_repo import DuplicateName, SourceRow, SourcesRepository
 from bangui_daemon.blocklist.fetch import redact_url
-from bangui_daemon.blocklist.importer import FAILED, Importer, ImportOutcome, Preview
+from bangui_daemon.blocklist.importer import FAILED, Importer, Preview
+from bangui_daemon.blocklist.importer import ImportOutcome as ImportOutcome
 from bangui_daemon.config import BlocklistSource
 from bangui_daemon.errors import InvalidArgument, NotFound, quote
 
@@ -75,10 +77,16 @@ class BlocklistService:
     """Sources, imports and previews. Source URLs are shown with their credentials
     redacted (`redact_url`); the stored URL keeps them for the download."""
 
-    def __init__(self, importer: Importer, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        importer: Importer,
+        sources: SourcesRepository,
+        runs: ImportRunsRepository,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._importer = importer
-        self._sources = importer.sources
-        self._runs = importer.runs
+        self._sources = sources
+        self._runs = runs
         self._clock = clock
         self._running: dict[int, asyncio.Task[ImportOutcome]] = {}
         self._feeds: dict[str, Feed] = {}  # source name -> its content

@@ -27,7 +27,8 @@ import structlog
 from bangui_daemon.archive.geo_repo import CacheEntry, GeoCacheRepository
 from bangui_daemon.errors import InvalidArgument
 from bangui_daemon.events import EventHub
-from bangui_daemon.geo.lookup import GeoAnswer, MmdbResolver, normalise_ip
+from bangui_daemon.geo.lookup import GeoAnswer as GeoAnswer  # the D-Bus edge shows these
+from bangui_daemon.geo.lookup import MmdbResolver, normalise_ip
 from bangui_daemon.models import NO_GEO, GeoFields
 from bangui_daemon.services.geo_cache import MAX_MEMORY, TOUCH_GRANULARITY, GeoCache
 

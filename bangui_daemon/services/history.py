@@ -22,6 +22,7 @@ from bangui_daemon.services.bans import BanDiff, parse_address
 
 MAX_BUCKETS = 10_000
 IP_EVENTS_LIMIT = 1000
+PURGE_BATCH = 5000  # events per purge transaction
 DIMENSIONS = ("jail", "country", "asn", "ip")
 # key -> D-Bus signature the caller must use
 FILTER_KEYS = {
@@ -169,6 +170,14 @@ class HistoryService:
         await self._events.record_live(events)
         if diff.added:
             self._request_sync()  # copy fail2ban's rows (matches) before an unban drops them
+
+    async def purge_before(self, cutoff: int) -> int:
+        """Delete events older than `cutoff` in short batches; the number deleted.
+
+        Short transactions keep the ban watch and the sync from waiting long; a purge
+        interrupted half-way is simply continued by the next one.
+        """
+        return await self._events.purge_before(cutoff, PURGE_BATCH)
 
     async def history(
         self, raw_filter: Mapping[str, TypedValue], page: int, page_size: int

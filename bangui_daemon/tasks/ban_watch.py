@@ -8,8 +8,8 @@ that module for why and at what cost. RunTask("ban_watch") runs one tick at once
 
 from __future__ import annotations
 
+from bangui_daemon.models import TaskResult
 from bangui_daemon.services.ban_watch import BanWatch
-from bangui_daemon.tasks.scheduler import TaskResult
 
 NAME = "ban_watch"
 

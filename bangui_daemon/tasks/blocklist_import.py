@@ -13,8 +13,8 @@ import math
 from collections import Counter
 from collections.abc import Callable
 
+from bangui_daemon.models import TaskResult
 from bangui_daemon.services.blocklists import BlocklistService
-from bangui_daemon.tasks.scheduler import TaskResult
 
 NAME = "blocklist_import"
 

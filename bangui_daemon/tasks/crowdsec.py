@@ -6,8 +6,8 @@ seconds with a bouncer key, push every second with machine credentials.
 
 from __future__ import annotations
 
+from bangui_daemon.models import TaskResult
 from bangui_daemon.services.crowdsec import CrowdsecBridge
-from bangui_daemon.tasks.scheduler import TaskResult
 
 PULL = "crowdsec_pull"
 PUSH = "crowdsec_push"

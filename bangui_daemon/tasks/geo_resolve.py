@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from bangui_daemon.models import TaskResult
 from bangui_daemon.services.geo import GeoService
-from bangui_daemon.tasks.scheduler import TaskResult
 
 log = structlog.get_logger(__name__)
 

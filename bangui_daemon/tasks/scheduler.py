@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +18,10 @@ import structlog
 
 from bangui_daemon.errors import Busy, NotFound, quote
 from bangui_daemon.events import EventHub, TaskFinished
+from bangui_daemon.models import JobInfo, TaskResult
 
 log = structlog.get_logger(__name__)
 
-TaskResult = Mapping[str, object]
 TaskFunction = Callable[[], Coroutine[Any, Any, TaskResult]]
 StatusListener = Callable[[str, str, str], None]  # name, status, error ("" when ok)
 
@@ -47,19 +47,6 @@ class Job:
     last_duration: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     current: asyncio.Task[TaskResult] | None = None
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    name: str
-    interval: float
-    running: bool
-    last_run: int
-    last_status: str
-    next_run: int
-    runs: int
-    failures: int
-    last_duration: float = 0.0
 
 
 class Scheduler:

@@ -68,7 +68,12 @@ class World:
     def __init__(self, archive: Archive) -> None:
         self.importer = FakeImporter(archive)
         self.clock = [NOW]
-        self.service = BlocklistService(cast(Importer, self.importer), lambda: self.clock[0])
+        self.service = BlocklistService(
+            cast(Importer, self.importer),
+            self.importer.sources,
+            self.importer.runs,
+            lambda: self.clock[0],
+        )
         self.told = 0
         self.service.on_sources_changed = self._told
 

@@ -25,7 +25,7 @@ from bangui_daemon.archive.geo_repo import (
 )
 from bangui_daemon.geo.lookup import MmdbResolver
 from bangui_daemon.services.geo import GeoService
-from bangui_daemon.tasks.geo_cache_cleanup import GeoCacheCleanup
+from bangui_daemon.tasks.retention import GeoCacheCleanup
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "geoip"
 COUNTRY = str(DATA / "GeoLite2-Country-Test.mmdb")

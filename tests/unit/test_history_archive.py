@@ -22,10 +22,11 @@ from bangui_daemon.archive.events_repo import EventsRepository, HistoryFilter, L
 from bangui_daemon.archive.f2b_copy import Fail2banCopy
 from bangui_daemon.archive.state_repo import put_state
 from bangui_daemon.events import Event, EventHub, HistorySynced
+from bangui_daemon.services import history_sync
+from bangui_daemon.services.history import PURGE_BATCH as BATCH
 from bangui_daemon.services.history import HistoryService
-from bangui_daemon.tasks import history_sync
-from bangui_daemon.tasks.history_purge import BATCH, DAY, HistoryPurge
-from bangui_daemon.tasks.history_sync import HistorySync
+from bangui_daemon.services.history_sync import HistorySync
+from bangui_daemon.tasks.retention import DAY, HistoryPurge
 from tests.unit.f2b_schema import SCHEMA_V4
 
 NOW = 1_800_000_000
@@ -410,6 +411,10 @@ async def insert_times(archive: Archive, times: Iterable[tuple[str, int]]) -> No
         )
 
 
+def history_of(events: EventsRepository) -> HistoryService:
+    return HistoryService(events, lambda _jail: "", lambda: None)
+
+
 async def test_purge_removes_only_events_older_than_the_retention(archive: Archive) -> None:
     cutoff = NOW - 30 * DAY
     old = [("ban", cutoff - 1 - i) for i in range(BATCH * 2 + 17)]  # several batches
@@ -420,7 +425,7 @@ async def test_purge_removes_only_events_older_than_the_retention(archive: Archi
     await events.load()
     assert events.count == len(old) + len(kept)
     clock = {"now": float(NOW)}
-    purge = HistoryPurge(events, lambda: 30, clock=lambda: clock["now"])
+    purge = HistoryPurge(history_of(events), lambda: 30, clock=lambda: clock["now"])
     result = await purge.run()
     assert result == {"deleted": len(old), "cutoff": cutoff, "retention_days": 30}
     left = await archive.fetchall("SELECT action, timeofban FROM ban_events ORDER BY timeofban")
@@ -436,7 +441,7 @@ async def test_purge_with_zero_retention_keeps_everything(archive: Archive) -> N
     await insert_times(archive, [("ban", 1), ("ban", NOW - 1000 * DAY)])
     events = EventsRepository(archive)
     await events.load()
-    result = await HistoryPurge(events, lambda: 0, clock=lambda: NOW).run()
+    result = await HistoryPurge(history_of(events), lambda: 0, clock=lambda: NOW).run()
     assert result["deleted"] == 0
     assert await archive.scalar("SELECT count(*) FROM ban_events") == 2
 

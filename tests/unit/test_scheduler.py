@@ -16,8 +16,9 @@ import pytest
 
 from bangui_daemon.errors import Busy, NotFound
 from bangui_daemon.events import Event, EventHub, TaskFinished
+from bangui_daemon.models import JobInfo, TaskResult
 from bangui_daemon.tasks import scheduler as scheduler_module
-from bangui_daemon.tasks.scheduler import FAILED, OK, TIMEOUT, Scheduler, TaskResult
+from bangui_daemon.tasks.scheduler import FAILED, OK, TIMEOUT, Scheduler
 
 HOUR = 3600.0
 DEADLINE = 5.0  # generous: the machine may be loaded; a passing test takes milliseconds
@@ -114,7 +115,7 @@ async def wait_running(job: Job) -> None:
         await job.running.wait()
 
 
-def info(sched: Scheduler, name: str) -> scheduler_module.JobInfo:
+def info(sched: Scheduler, name: str) -> JobInfo:
     (found,) = (i for i in sched.info() if i.name == name)
     return found
 
