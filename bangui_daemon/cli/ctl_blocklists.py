@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bangui_daemon.cli import render
-from bangui_daemon.cli.bus_client import (
-    DaemonError,
-    Record,
-)
+from bangui_daemon.cli.bus_client import DaemonError, Record
 from bangui_daemon.cli.ctl_context import (
     EXIT_ERROR,
     EXIT_OK,
