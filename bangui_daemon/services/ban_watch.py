@@ -194,11 +194,6 @@ class BanWatch:
             self._light_ticks = 0
             return await self._poll()
 
-    @property
-    def poll_needed(self) -> bool:
-        """Whether the next tick reads fail2ban's counters."""
-        return not self._light_ok()
-
     def _light_ok(self) -> bool:
         return (
             self._db_ok

@@ -40,7 +40,6 @@ class Job:
     running: bool = False
     last_run: float = 0.0
     last_status: str = ""
-    last_result: TaskResult = field(default_factory=dict)
     next_run: float = 0.0
     runs: int = 0
     failures: int = 0
@@ -184,7 +183,6 @@ class Scheduler:
         elapsed = time.monotonic() - started
         job.last_duration = elapsed
         job.last_status = status
-        job.last_result = result
         if status == OK:
             (log.debug if job.quiet else log.info)(
                 "task_finished", task=job.name, seconds=round(elapsed, 3)
