@@ -164,7 +164,7 @@ class Daemon:
             try:
                 # [[blocklist.source]] tables: added, changed and removed ones
                 counts = await parts.blocklists.reconcile(self.config.blocklist.source)
-            except Exception as exc:  # one bad source must not stop the reload
+            except Exception as exc:  # noqa: BLE001 - one bad source must not stop the reload
                 log.error("blocklist_sources_reconcile_failed", error=str(exc))
             else:
                 log.info("blocklist_sources_reconciled", **counts)

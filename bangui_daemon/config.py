@@ -221,10 +221,10 @@ def _networks(value: object) -> object:
     problems: list[str] = []
     for index, item in enumerate(value):
         try:
-            if not isinstance(item, str):
-                raise TypeError
-            network = str(ipaddress.ip_network(item.strip(), strict=False))
-        except (TypeError, ValueError):
+            network = str(ipaddress.ip_network(str(item).strip(), strict=False))
+        except ValueError:
+            network = ""
+        if not isinstance(item, str) or not network:
             problems.append(f"[{index}] is not an IP address or network: {_show(item)}")
             continue
         if network not in result:

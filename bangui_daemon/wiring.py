@@ -99,7 +99,7 @@ async def _value(value: int) -> int:
     return value
 
 
-async def build(
+async def build(  # noqa: PLR0915 - one flat page that says which piece needs which
     config: Callable[[], Config],
     hub: EventHub,
     state: DaemonState,

@@ -255,7 +255,7 @@ class BlocklistParser:
                             net_add(_v4_key(network, int(prefix)))
                         continue
                     first = line[0]
-                    if first != "#" and first != ";":  # two compares beat `in` here
+                    if first != "#" and first != ";":  # noqa: PLR1714 - two compares beat `in` here
                         slow(line)
                 self._check_cap()
         finally:

@@ -106,7 +106,7 @@ def _members_arg(text: str) -> list[str]:
     return members
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one command per stanza
     """Build the full command line; `--bus`/`--json` work before or after the command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--bus", metavar="ADDRESS", default=argparse.SUPPRESS)

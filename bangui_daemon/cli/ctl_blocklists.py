@@ -131,7 +131,7 @@ class _ProgressView:
         self.names = names
         self.drawn = False
 
-    def __call__(self, interface: str, member: str, args: list[object]) -> None:
+    def __call__(self, _interface: str, member: str, args: list[object]) -> None:
         if member != "ImportProgress" or len(args) < 3:
             return
         source, done, total = (as_int(a) for a in args[:3])

@@ -156,7 +156,7 @@ class NotifyAgent:
         self._named_since_tick = 0
         self._burst_notification = 0
 
-    def on_signal(self, interface: str, member: str, args: list[object]) -> None:
+    def on_signal(self, _interface: str, member: str, args: list[object]) -> None:
         now = time.monotonic()
         if member == "BanAdded" and len(args) >= 2:
             self._coalescer.add(as_text(args[0]), as_text(args[1]), now)

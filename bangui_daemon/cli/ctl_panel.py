@@ -202,7 +202,7 @@ async def _follow(client: DaemonClient, printer: LinePrinter, stop: asyncio.Even
     storm = StormWindow()
     present = [False]
 
-    def on_signal(interface: str, member: str, args: list[object]) -> None:
+    def on_signal(_interface: str, member: str, args: list[object]) -> None:
         storm.on_signal(member, args, time.monotonic())
         wake.set()
 

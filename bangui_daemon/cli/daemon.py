@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.check_config:
             sys.stdout.write(dump_config(config))
             sys.exit(0)
-        from bangui_daemon.app import run_daemon  # imported late: --check-config needs no D-Bus
+        from bangui_daemon.app import run_daemon  # noqa: PLC0415 - --check-config needs no D-Bus
 
         sys.exit(run_daemon(config, args.config))
     except ConfigError as exc:

@@ -242,7 +242,7 @@ class ReplyAssembler:
         except (pickle.UnpicklingError, EOFError) as exc:
             if _is_truncation(exc):
                 return _INCOMPLETE
-        except Exception:  # noqa: S110 - the message above is the answer
+        except Exception:  # noqa: S110, BLE001 - the message above is the answer
             # Anything a constructor on the allow-list raises (e.g. int("x") via REDUCE).
             pass
         raise Fail2banProtocolError(error)

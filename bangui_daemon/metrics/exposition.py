@@ -109,7 +109,7 @@ class MetricsServer:
             log.warning("metrics_listen_not_loopback", host=self.host, port=self.port)
         log.info("metrics_listening", host=self.host, port=self.port)
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self, _request: web.Request) -> web.Response:
         body = render(await self._source())
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

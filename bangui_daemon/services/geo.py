@@ -135,7 +135,7 @@ class GeoService:
         if cache.unwritten >= self._flush_at and not cache.writing:
             try:
                 await self.flush()
-            except Exception as exc:  # the answers stand; the task writes them later
+            except Exception as exc:  # noqa: BLE001 - the answers stand; the task writes them later
                 log.warning("geo_cache_flush_failed", error=str(exc))
         return [out[k] for k in keys]
 

@@ -115,8 +115,10 @@ class Layout:
         t = f"inet {self.table}"
         lines = [
             f"add table {t}",
-            f"add chain {t} {self.chain} {{ type filter hook input priority {self.priority};"
-            " policy accept; }",
+            (
+                f"add chain {t} {self.chain} {{ type filter hook input priority {self.priority};"
+                " policy accept; }"
+            ),
         ]
         lines += [f"add set {t} {name} {{ {decl} }}" for name, decl in self.sets()]
         for family, sets in (("ip", (self.addr4, self.net4)), ("ip6", (self.addr6, self.net6))):
@@ -139,8 +141,8 @@ def parse_layout(jail: str, opts: dict[str, str]) -> Layout:
         "addr6": f"{jail}-addr6",
         "net6": f"{jail}-net6",
     }
-    for key in names:
-        value = str(opts.get(key, names[key])).strip()
+    for key, default in names.items():
+        value = str(opts.get(key, default)).strip()
         if not _NAME.fullmatch(value):
             raise ValueError(
                 f"bangui-nftset: {key}={value!r} is not a usable nft name "

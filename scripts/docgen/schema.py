@@ -99,7 +99,7 @@ def attribute_docs(cls: type[Any]) -> dict[str, str]:
     return docs
 
 
-def _kind(hint: Any) -> str:
+def _kind(hint: Any) -> str:  # noqa: PLR0911 - one return per TOML type
     """A reader's name for a key's TOML type."""
     if typing.get_origin(hint) is Literal:
         return "one of " + ", ".join(f'"{choice}"' for choice in typing.get_args(hint))

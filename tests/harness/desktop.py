@@ -65,8 +65,8 @@ class NotifyMonitor:
     def _read(self) -> None:
         assert self._proc.stdout is not None
         block: list[str] = []
-        for line in self._proc.stdout:
-            line = line.rstrip("\n")
+        for raw in self._proc.stdout:
+            line = raw.rstrip("\n")
             if line.startswith(("method call", "method return", "signal", "error")):
                 self._finish(block)
                 block = [line]

@@ -299,7 +299,7 @@ def run_as(
     timeout: float = 30.0,
     env: Mapping[str, str] | None = None,
     cwd: str | Path | None = "/",
-    input: str | None = None,
+    input: str | None = None,  # noqa: A002 - named as subprocess.run names it
 ) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` as ``user`` via ``runuser -u USER --`` (``None``: as ourselves).
 

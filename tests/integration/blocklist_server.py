@@ -71,7 +71,7 @@ class ListServer:
         name = request.match_info["name"]
         body = self.lists.get(name)
         if body is None:
-            raise web.HTTPNotFound()
+            raise web.HTTPNotFound
         return web.Response(body=body, content_type="text/plain")
 
     async def _etag(self, request: web.Request) -> web.StreamResponse:

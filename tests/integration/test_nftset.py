@@ -148,7 +148,7 @@ def test_bans_are_batched_and_nft_never_runs_twice_at_once(
     def feed(jail: str, entries: list[str], batch: int) -> None:
         try:
             ban(f2b, jail, entries, batch)
-        except BaseException as exc:  # reported by the main thread
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
 
     threads = [

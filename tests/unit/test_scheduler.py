@@ -79,10 +79,11 @@ class Job:
             if self.fail_next is not None:
                 exc, self.fail_next = self.fail_next, None
                 raise exc
-            return {"run": self.started}
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+        else:
+            return {"run": self.started}
         finally:
             self.active -= 1
             self.running.clear()
