@@ -293,7 +293,7 @@ def test_json_edge_cases() -> None:
         b'{"cidr": 5}\n'
         b"[1, 2]\n"
         b"{not json}\n"
-         b"{"
+        b"{"
         + b'"a":[' * 1000
         + b"\n"
         + b'{"cidr": "11.2.0.0/16", "sblid": "x"}\n'

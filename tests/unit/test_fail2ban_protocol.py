@@ -21,7 +21,7 @@ def remote_exception_pickle(module: str, name: str, message: str, code: int = 1)
     text = message.encode()
     return (
         b"\x80\x02"  # PROTO 2
-         b"K"
+        b"K"
         + bytes([code])  # BININT1 code
         + b"c"
         + module.encode()
