@@ -32,7 +32,11 @@ ONLY: dict[str, set[str]] = {"tasks": {"tasks", "services"} | SHARED}  # allow-l
 
 # Each outside library behind its own edge: where it may be imported (module prefixes).
 LIBRARIES: dict[str, tuple[str, ...]] = {
-    "dbus_fast": ("bangui_daemon.dbus", "bangui_daemon.cli"),
+    "dbus_fast": (
+        "bangui_daemon.dbus",
+        "bangui_daemon.cli.bus_client",
+        "bangui_daemon.cli.desktop_notifications",
+    ),
     "aiosqlite": ("bangui_daemon.archive",),
     "aiohttp": (
         "bangui_daemon.blocklist.fetch",
