@@ -1,9 +1,10 @@
-"""Small shared helpers: the repo root, the harness error, polling with a deadline."""
+"""Small shared helpers: the repo root, the harness error, the tests' polling with a deadline."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +21,20 @@ class HarnessTimeoutError(HarnessError, TimeoutError):
     """A condition did not become true before its deadline."""
 
 
+def _pauses(timeout: float, what: str, interval: float, max_interval: float) -> Iterator[float]:
+    """The pauses between two probes, growing from ``interval`` to ``max_interval``:
+    cheap for events that arrive in milliseconds, gentle for ones that take seconds.
+    Past the deadline it raises HarnessTimeoutError instead."""
+    deadline = time.monotonic() + timeout
+    delay = interval
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HarnessTimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        yield min(delay, remaining)
+        delay = min(delay * 1.5, max_interval)
+
+
 def wait_until(
     probe: Callable[[], T | None],
     timeout: float,
@@ -28,22 +43,30 @@ def wait_until(
     interval: float = 0.02,
     max_interval: float = 0.2,
 ) -> T:
-    """Poll ``probe`` until it returns a truthy value; return it or raise HarnessTimeoutError.
-
-    The interval grows from ``interval`` to ``max_interval``: cheap for events that
-    arrive in milliseconds, gentle for ones that take seconds.
-    """
-    deadline = time.monotonic() + timeout
-    delay = interval
+    """Poll ``probe`` until it returns a truthy value; return it or raise HarnessTimeoutError."""
+    pauses = _pauses(timeout, what, interval, max_interval)
     while True:
         value = probe()
         if value:
             return value
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise HarnessTimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 1.5, max_interval)
+        time.sleep(next(pauses))
+
+
+async def await_until(
+    probe: Callable[[], Awaitable[T | None]],
+    timeout: float,  # noqa: ASYNC109 - the twin of wait_until's, same meaning
+    what: str,
+    *,
+    interval: float = 0.02,
+    max_interval: float = 0.2,
+) -> T:
+    """`wait_until` for a coroutine probe, pausing with the event loop running."""
+    pauses = _pauses(timeout, what, interval, max_interval)
+    while True:
+        value = await probe()
+        if value:
+            return value
+        await asyncio.sleep(next(pauses))
 
 
 def tail(path: Path, lines: int = 40) -> str:
