@@ -1,12 +1,18 @@
-"""Small shared helpers: the repo root, the harness error, the tests' polling with a deadline."""
+"""Small shared helpers: the repo root, the harness error, the tests' polling with a
+deadline, stopping a child process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -67,6 +73,68 @@ async def await_until(
         if value:
             return value
         await asyncio.sleep(next(pauses))
+
+
+def stop_process(
+    proc: subprocess.Popen[Any],
+    timeout: float = 10.0,
+    *,
+    sig: int | None = signal.SIGTERM,
+    group: bool = False,
+) -> int | None:
+    """Stop a child: ``sig`` (None: it is ending already), ``timeout`` seconds to exit,
+    then SIGKILL; reap it and return its exit code. ``group``: signal its whole process
+    group (a child started with ``start_new_session``)."""
+
+    def send(signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
+
+    if proc.poll() is None:
+        if sig is not None:
+            send(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            send(signal.SIGKILL)
+            proc.wait(10)
+    return proc.returncode
+
+
+class StartedOnEnter:
+    """A harness piece used as ``with Piece(...) as piece``: started on the way in
+    unless running already (and closed again when that start fails: ``__exit__`` does
+    not run when ``__enter__`` raises), closed on the way out."""
+
+    @property
+    def running(self) -> bool:
+        return False
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        if not self.running:
+            try:
+                self.start()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def tail(path: Path, lines: int = 40) -> str:
