@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,24 +26,13 @@ from tests.harness import crash_daemon
 from tests.harness.daemon import DAEMON_MODULE, DaemonProcess
 from tests.harness.fail2ban import F2bSandbox
 from tests.harness.util import REPO_ROOT, wait_until
-from tests.integration.blocklist_server import ListServer, serving
+from tests.integration.blocklist_server import ListServer, addresses
 from tests.integration.dbus_calls import BLOCKLISTS, DEST, PATH, Runner, call, error_name
 
 JAIL = "blocklist-import"
 
 
 # ------------------------------------------------------------------- helpers
-@pytest.fixture
-def lists() -> Iterator[ListServer]:
-    with serving() as server:
-        yield server
-
-
-def addresses(second: int, n: int) -> list[str]:
-    """`n` distinct global unicast addresses 45.<second>.x.y."""
-    return [f"45.{second}.{i // 250}.{i % 250 + 1}" for i in range(n)]
-
-
 def body(entries: list[str], header: str = "# test list") -> bytes:
     return ("\n".join([header, *entries]) + "\n").encode()
 
