@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from xml.etree import ElementTree
 
 from tests.harness.users import TestUser
@@ -388,7 +387,7 @@ def _parse_message(lines: list[str]) -> BusMessage | None:
     )
 
 
-class SignalMonitor:
+class SignalMonitor(StartedOnEnter):
     """``dbus-monitor`` for the signals of the daemon's object, read by a thread.
 
     Usage::
@@ -543,6 +542,14 @@ class SignalMonitor:
                     raise HarnessTimeoutError(f"no matching signal ({state}); output:\n{seen}")
                 self._cond.wait(remaining)
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self) -> None:
+        """`stop` (what leaving a ``with`` block calls)."""
+        self.stop()
+
     def stop(self) -> None:
         proc = self.proc
         if proc is None:
@@ -552,20 +559,3 @@ class SignalMonitor:
             self._thread.join(5)
         if proc.stdout is not None:
             proc.stdout.close()
-
-    def __enter__(self) -> SignalMonitor:
-        if self.proc is None:
-            try:
-                self.start()
-            except BaseException:
-                self.stop()
-                raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
