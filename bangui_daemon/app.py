@@ -160,7 +160,7 @@ class Daemon:
             await self._reload_requested.wait()
             self._reload_requested.clear()
             self.notifier.reloading()
-            self.reload(parts.scheduler)
+            await self.reload(parts.scheduler)
             try:
                 # [[blocklist.source]] tables: added, changed and removed ones
                 counts = await parts.blocklists.reconcile(self.config.blocklist.source)
@@ -170,10 +170,14 @@ class Daemon:
                 log.info("blocklist_sources_reconciled", **counts)
             self.notifier.ready("configuration reloaded")
 
-    def reload(self, scheduler: Scheduler) -> None:
-        """Re-read the config file; apply what can change live, keep the rest."""
+    async def reload(self, scheduler: Scheduler) -> None:
+        """Re-read the config file; apply what can change live, keep the rest.
+
+        Reading it stats every configured path: in a thread, as a hung mount would
+        stall the loop.
+        """
         try:
-            new = load_config(self._config_path)
+            new = await asyncio.to_thread(load_config, self._config_path)
         except ConfigError as exc:
             log.error("config_reload_failed", error=str(exc))
             return

@@ -1,31 +1,31 @@
-"""The import workflow: exactly once per content, crash-safe, diff-based.
+"""Blocklist imports: exactly once per content, crash-safe, diff-based.
 
-1. download (conditional GET) and parse; refuse what must never be banned;
-2. claim the run for (source, content hash): a completed hash is "unchanged";
-3. ban only what this source adds and fail2ban does not have yet, in multi-IP
-   batches, writing the intent ('pending') before each banip and the result after;
-4. unban what this source dropped, only if no other source lists it and an import
-   banned it;
-5. in one transaction: store the new listing and mark the run completed.
+An import takes a source's list (a conditional GET, or the bytes a feed inside the
+daemon hands over); a 304 or the same bytes as behind the listing in force is
+"unchanged". Otherwise it parses, refuses what must never be banned and claims the
+run for (source, content hash); a hash completed before and still listed is
+"unchanged" too (an unchanged import bans again what fail2ban lifted meanwhile).
+Then it bans only what this source adds and fail2ban does not have yet, in multi-IP
+batches, writing the intent ('pending') before each banip and the result after;
+unbans what this source dropped if no other source lists it and an import banned
+it; and in one transaction stores the new listing and marks the run completed.
+
+Imports of different sources download and parse concurrently; applying a diff (or
+removing a source) holds one lock across all sources, since reference counting
+reads the other sources' listings. One import at a time per source is the service's
+rule (`BlocklistService.import_source`).
 
 A crash anywhere leaves the run pending and fail2ban holding what was banned; the
 retry claims the same run, sees those addresses already banned and bans nothing twice.
-
-Test-only: with ``BANGUI_TEST_CRASH_AT`` set to ``after_download``, ``mid_ban`` or
-``before_complete`` the process SIGKILLs itself at that point of an import (see
-`_test_crash`); the integration tests use it to crash where no outside signal can
-aim. Unset (always, outside those tests) it does nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import structlog
 
@@ -49,13 +49,6 @@ PROGRESS_EVERY = 0.25  # seconds: ImportProgress at most about 4 a second
 SECONDS_PER_ENTRY = 0.05  # generous bound of one fail2ban action per address
 SAMPLE = 20
 COMPLETED, UNCHANGED, FAILED = "completed", "unchanged", "failed"
-CRASH_ENV = "BANGUI_TEST_CRASH_AT"
-
-
-def _test_crash(point: str) -> None:
-    """Test-only: SIGKILL this process at `point` when $BANGUI_TEST_CRASH_AT names it."""
-    if os.environ.get(CRASH_ENV) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -71,9 +64,6 @@ class ImportOutcome:
     error: str = ""
     reapplied: int = 0
     """Listed addresses whose ban fail2ban had lifted, banned again (content unchanged)."""
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -92,7 +82,7 @@ PREVIEW_FACTOR = 4
 
 
 class Importer:
-    """Runs imports of one source at a time (the service serialises per source)."""
+    """Runs imports and source removals against the archive and fail2ban."""
 
     def __init__(
         self,
@@ -267,7 +257,6 @@ class Importer:
 
         self._hub.publish(ImportStarted(source.id, claim.run_id))
         log_.info("blocklist_import_started", run_id=claim.run_id, entries=len(allowed))
-        _test_crash("after_download")  # downloaded, parsed, run pending, nothing banned
         try:
             async with self._apply_lock:
                 await self._apply(source.id, claim.run_id, jail, set(allowed), outcome, raw_hash)
@@ -395,8 +384,6 @@ class Importer:
                 if isinstance(result, BaseException):
                     raise result
             outcome.added += int(str(results[0]))
-            if index == len(chunks) // 2:
-                _test_crash("mid_ban")  # half banned, this batch's intents still pending
             progress.advance(len(chunk))
         if chunks:
             await self.listings.advance(source_id, chunks[-1], [], jail, run_id, now)
@@ -410,7 +397,6 @@ class Importer:
             await self.listings.forget_bans(chunk)
             progress.advance(len(chunk))
         progress.finish()
-        _test_crash("before_complete")  # all banned and unbanned, run still pending
         async with self._archive.write() as conn:
             # what was banned above is listed already (see ListingsRepository.advance)
             rest = wanted - previous - set(to_ban)

@@ -9,6 +9,7 @@ each problem is logged once as `fail2ban_setup_problem`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from typing import Protocol
@@ -31,6 +32,7 @@ class Fail2banSettings(Protocol):
 
 
 def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (stats both: may block on a network mount)."""
     try:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet): compare the names
@@ -47,7 +49,7 @@ async def setup_problems(client: Fail2banSettings, cfg: Config) -> list[str]:
             "fail2ban keeps no ban database (dbfile is None or :memory:): history_sync "
             "copies nothing, only bans the ban watch sees are archived, without matches"
         )
-    elif not _same_file(dbfile, configured):
+    elif not await asyncio.to_thread(_same_file, dbfile, configured):
         problems.append(
             f"fail2ban writes its bans to {dbfile} but [fail2ban] database is "
             f"{configured}: history_sync reads the wrong file"

@@ -13,12 +13,10 @@ reach it (pytest's ``tmp_path`` is below a 0700 dir).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import select
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -26,11 +24,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from xml.etree import ElementTree
 
 from tests.harness.users import TestUser
-from tests.harness.util import REPO_ROOT, HarnessError, HarnessTimeoutError
+from tests.harness.util import (
+    REPO_ROOT,
+    HarnessError,
+    HarnessTimeoutError,
+    StartedOnEnter,
+    stop_process,
+)
 
 BUS_NAME = "org.bangui.Daemon1"
 OBJECT_PATH = "/org/bangui/Daemon1"
@@ -103,7 +106,7 @@ def _read_line(fd: int, timeout: float) -> str:
     return buf.decode(errors="replace").split("\n", 1)[0].strip()
 
 
-class PrivateSystemBus:
+class PrivateSystemBus(StartedOnEnter):
     """A dbus-daemon with system-bus semantics on a private socket."""
 
     def __init__(
@@ -223,14 +226,7 @@ class PrivateSystemBus:
         proc = self.proc
         if proc is None:
             return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        return proc.returncode
+        return stop_process(proc, timeout)
 
     def close(self) -> None:
         try:
@@ -238,23 +234,6 @@ class PrivateSystemBus:
         finally:
             if self._owns_dir and not self.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> PrivateSystemBus:
-        if not self.running:
-            try:
-                self.start()
-            except BaseException:
-                self.close()  # __exit__ does not run when __enter__ raises
-                raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # ------------------------------------------------------------------ CLI clients
@@ -408,7 +387,7 @@ def _parse_message(lines: list[str]) -> BusMessage | None:
     )
 
 
-class SignalMonitor:
+class SignalMonitor(StartedOnEnter):
     """``dbus-monitor`` for the signals of the daemon's object, read by a thread.
 
     Usage::
@@ -563,36 +542,20 @@ class SignalMonitor:
                     raise HarnessTimeoutError(f"no matching signal ({state}); output:\n{seen}")
                 self._cond.wait(remaining)
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self) -> None:
+        """`stop` (what leaving a ``with`` block calls)."""
+        self.stop()
+
     def stop(self) -> None:
         proc = self.proc
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_process(proc, 5, group=True)
         if self._thread is not None:
             self._thread.join(5)
         if proc.stdout is not None:
             proc.stdout.close()
-
-    def __enter__(self) -> SignalMonitor:
-        if self.proc is None:
-            try:
-                self.start()
-            except BaseException:
-                self.stop()
-                raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

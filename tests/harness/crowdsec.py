@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.harness.util import HarnessError, wait_until
+from tests.harness.util import HarnessError, stop_process, wait_until
 
 PROFILES = Path("/etc/crowdsec/profiles.yaml")
 
@@ -139,11 +139,6 @@ prometheus:
         return [d for alert in alerts for d in alert.get("decisions") or []]
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc)
         shutil.rmtree(self.root, ignore_errors=True)

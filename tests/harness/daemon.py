@@ -26,10 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from signal import SIGHUP, SIGTERM
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tests.harness.util import REPO_ROOT, HarnessError, HarnessTimeoutError
+from tests.harness.util import REPO_ROOT, HarnessError, HarnessTimeoutError, StartedOnEnter
 
 if TYPE_CHECKING:
     from tests.harness.bus import PrivateSystemBus
@@ -201,7 +200,7 @@ class NotifySocket:
 
 
 # ------------------------------------------------------------------- process
-class DaemonProcess:
+class DaemonProcess(StartedOnEnter):
     """The daemon under test as a child process, with its notify socket and output."""
 
     def __init__(
@@ -490,20 +489,3 @@ class DaemonProcess:
             self.notify.close()
             if self._owns_dir and not self.keep:
                 shutil.rmtree(self.work_dir, ignore_errors=True)
-
-    def __enter__(self) -> DaemonProcess:
-        if self.proc is None:
-            try:
-                self.start()
-            except BaseException:
-                self.close()  # __exit__ does not run when __enter__ raises
-                raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

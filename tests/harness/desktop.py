@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.util import HarnessError, wait_until
+from tests.harness.util import HarnessError, stop_process, wait_until
 
 NOTIFICATIONS = "org.freedesktop.Notifications"
 TOOLS = ("dbus-daemon", "dbus-monitor", "Xvfb", "dunst", "gdbus")
@@ -188,11 +188,5 @@ class DesktopSession:
 
     def close(self) -> None:
         for proc in reversed(self._procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc, 5)
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -25,10 +25,9 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from tests.harness.util import HarnessError, tail, wait_until
+from tests.harness.util import HarnessError, StartedOnEnter, stop_process, tail, wait_until
 
 FILTER_DIR = Path("/etc/fail2ban/filter.d")
 SERVER = "fail2ban-server"
@@ -183,7 +182,7 @@ def _ini_value(value: object) -> str:
     return str(value).replace("\n", "\n    ")
 
 
-class F2bSandbox:
+class F2bSandbox(StartedOnEnter):
     """fail2ban-server with its own config, log, socket and DB below one temp dir."""
 
     def __init__(
@@ -393,20 +392,12 @@ class F2bSandbox:
             except (F2bError, OSError, ValueError):
                 # The reply can be lost while the server already shuts down: give it
                 # a moment before SIGTERM, which would turn a clean exit into -15.
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.terminate()
-            try:
+                return stop_process(proc, timeout)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-        return proc.returncode
+        return stop_process(proc, 5)
 
     def kill(self) -> int | None:
         """SIGKILL the server ("fail2ban died"); the socket file stays behind, stale."""
@@ -429,23 +420,6 @@ class F2bSandbox:
         finally:
             if self._owns_dir and not self.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> F2bSandbox:
-        if not self.running:
-            try:
-                self.start()
-            except BaseException:
-                self.close()  # __exit__ does not run when __enter__ raises
-                raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --------------------------------------------------------------- helpers
     def client(self, *args: str, timeout: float = 30.0) -> Any:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
-from types import TracebackType
 from typing import Any
 
-from tests.harness.util import REPO_ROOT, HarnessError, wait_until
+from tests.harness.util import REPO_ROOT, HarnessError, StartedOnEnter, stop_process, wait_until
 
 
-class NetNamespace:
+class NetNamespace(StartedOnEnter):
     """An empty network namespace held by a ``sleep`` child; needs root (CAP_SYS_ADMIN)."""
 
     def __init__(self) -> None:
@@ -103,23 +103,10 @@ class NetNamespace:
 
     def close(self) -> None:
         proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
         if proc is not None:
-            proc.wait(10)
+            stop_process(proc, sig=signal.SIGKILL)
             if proc.stderr is not None:
                 proc.stderr.close()
-
-    def __enter__(self) -> NetNamespace:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # the batched nftables action, as the checkout has it (tests load it from here)

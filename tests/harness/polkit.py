@@ -17,10 +17,9 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 from tests.harness.bus import PrivateSystemBus, busctl
-from tests.harness.util import REPO_ROOT, HarnessError, wait_until
+from tests.harness.util import REPO_ROOT, HarnessError, StartedOnEnter, stop_process, wait_until
 
 POLKITD = Path("/usr/lib/polkit-1/polkitd")
 POLKIT_BUS_POLICY = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf")
@@ -29,7 +28,7 @@ ACTIONS_FILE = REPO_ROOT / "polkit" / "org.bangui.Daemon1.policy"
 RULES_FILE = REPO_ROOT / "polkit" / "50-org.bangui.Daemon1.rules"
 
 
-class PrivatePolkit:
+class PrivatePolkit(StartedOnEnter):
     """polkitd serving ``bus`` with our action file, our rules file and ``extra_rules``."""
 
     def __init__(
@@ -110,13 +109,7 @@ class PrivatePolkit:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc, timeout)
         if self.bus.running:
             wait_until(lambda: not self._name_owned(), timeout, f"{POLKIT_NAME} to be released")
 
@@ -125,19 +118,3 @@ class PrivatePolkit:
             self.stop()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> PrivatePolkit:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -22,9 +22,8 @@ import subprocess
 import time
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 
-from tests.harness.util import HarnessError, wait_until
+from tests.harness.util import HarnessError, StartedOnEnter, stop_process, wait_until
 
 SYSTEMD = Path("/lib/systemd/systemd")
 UNIT_DIR = Path("/lib/systemd/system")
@@ -68,7 +67,7 @@ def _cgroup_roots() -> list[Path]:
     return [v2] if (v2 / "cgroup.controllers").exists() else []
 
 
-class NamespacedSystemd:
+class NamespacedSystemd(StartedOnEnter):
     """systemd as init of fresh namespaces, with `unit` (installed) wanted at boot."""
 
     def __init__(self, unit: str, work_dir: Path) -> None:
@@ -157,30 +156,10 @@ class NamespacedSystemd:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.init_pid, signal.SIGKILL)
         if self.proc is not None:
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+            stop_process(self.proc, 30, sig=None)  # unshare exits with the namespace's init
         for cgroup in self.cgroups:
             if cgroup.is_dir():
                 wait_until(partial(_remove_cgroup, cgroup), 15, f"rmdir {cgroup}")
-
-    def __enter__(self) -> NamespacedSystemd:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _remove_cgroup(cgroup: Path) -> bool:

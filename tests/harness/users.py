@@ -88,7 +88,7 @@ def _lookup(name: str) -> TestUser | None:
     return TestUser(name, pw.pw_uid, pw.pw_gid, tuple(os.getgrouplist(name, pw.pw_gid)))
 
 
-def _group_exists(name: str) -> bool:
+def group_exists(name: str) -> bool:
     try:
         grp.getgrnam(name)
     except KeyError:
@@ -189,9 +189,9 @@ class AccountLease:
             created = state["created"]
             try:
                 for group in self.spec.groups:
-                    if not _group_exists(group):
+                    if not group_exists(group):
                         r = _run(["groupadd", "--system", group])
-                        if r.returncode != 0 and not _group_exists(group):
+                        if r.returncode != 0 and not group_exists(group):
                             raise HarnessError(f"groupadd {group} failed: {r.stderr.strip()}")
                         if r.returncode == 0:
                             created.append(f"group:{group}")
@@ -281,7 +281,7 @@ def _remove_created(created: Sequence[str]) -> list[tuple[str, str]]:
                 continue
             r = _run(["userdel", rest])
         elif kind == "group":
-            if not _group_exists(rest):
+            if not group_exists(rest):
                 continue
             r = _run(["groupdel", rest])
         else:

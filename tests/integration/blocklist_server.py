@@ -152,6 +152,11 @@ class ListServer:
         self._sock.close()
 
 
+def addresses(second: int, n: int) -> list[str]:
+    """`n` distinct global unicast addresses 45.<second>.x.y (up to 62,500)."""
+    return [f"45.{second}.{i // 250}.{i % 250 + 1}" for i in range(n)]
+
+
 @contextmanager
 def serving() -> Iterator[ListServer]:
     server = ListServer()

@@ -4,6 +4,7 @@ module_daemon (module)   one fail2ban sandbox and one daemon for a whole test mo
                          for tests that only read, or write what no other test in the
                          module looks at (the fuzz tests, the D-Bus edge tests)
 fast_client (module)     a dbus-fast `FastClient` on the private bus, one connection
+lists                    a blocklist HTTP server on 127.0.0.1 (blocklist_server.py)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tests.harness.bus import PrivateSystemBus
 from tests.harness.daemon import DaemonProcess
 from tests.harness.fail2ban import F2bSandbox
 from tests.harness.util import tail
+from tests.integration.blocklist_server import ListServer, serving
 from tests.integration.fast_client import FastClient
 
 
@@ -44,3 +46,9 @@ def fast_client(system_bus: PrivateSystemBus) -> Iterator[FastClient]:
     client = FastClient(system_bus.address)
     yield client
     client.close()
+
+
+@pytest.fixture
+def lists() -> Iterator[ListServer]:
+    with serving() as server:
+        yield server

@@ -14,17 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.users import AccountLease, AccountSpec, holder_id
+from tests.harness.users import AccountLease, AccountSpec, group_exists, holder_id
 
 NAME = f"bgt-lease-{os.getpid()}"
-
-
-def group_exists(name: str) -> bool:
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 def user_exists(name: str) -> bool:

@@ -20,16 +20,13 @@ from tests.harness.daemon import DaemonProcess, dump_toml
 from tests.harness.fail2ban import F2bSandbox
 from tests.harness.users import TestUser, run_as
 from tests.harness.util import REPO_ROOT, wait_until
+from tests.integration.blocklist_server import addresses
 from tests.integration.dbus_calls import BLOCKLISTS, Runner, call, error_name
 
 JAIL = "blocklist-import"
 FAST = "fast-blocklist"  # a jail without actions: 120,000 bans in seconds
 
 DaemonStarter = Callable[..., DaemonProcess]
-
-
-def addresses(second: int, n: int) -> list[str]:
-    return [f"45.{second}.{i // 250}.{i % 250 + 1}" for i in range(n)]
 
 
 def write_list(daemon_dir: Path, name: str, entries: list[str]) -> str:

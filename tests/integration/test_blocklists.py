@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,28 +22,17 @@ from typing import Any
 import pytest
 
 from bangui_daemon.blocklist.host import HostAddresses
-from tests.harness.daemon import DaemonProcess
+from tests.harness import crash_daemon
+from tests.harness.daemon import DAEMON_MODULE, DaemonProcess
 from tests.harness.fail2ban import F2bSandbox
 from tests.harness.util import REPO_ROOT, wait_until
-from tests.integration.blocklist_server import ListServer, serving
+from tests.integration.blocklist_server import ListServer, addresses
 from tests.integration.dbus_calls import BLOCKLISTS, DEST, PATH, Runner, call, error_name
 
 JAIL = "blocklist-import"
-CRASH_ENV = "BANGUI_TEST_CRASH_AT"
 
 
 # ------------------------------------------------------------------- helpers
-@pytest.fixture
-def lists() -> Iterator[ListServer]:
-    with serving() as server:
-        yield server
-
-
-def addresses(second: int, n: int) -> list[str]:
-    """`n` distinct global unicast addresses 45.<second>.x.y."""
-    return [f"45.{second}.{i // 250}.{i % 250 + 1}" for i in range(n)]
-
-
 def body(entries: list[str], header: str = "# test list") -> bytes:
     return ("\n".join([header, *entries]) + "\n").encode()
 
@@ -398,14 +386,21 @@ def test_non_admin_cannot_add_or_import_but_can_list(
 
 
 # --------------------------------------------------------------- crash safety
+def _arm_crash(daemon: DaemonProcess, point: str) -> None:
+    """The next start runs the daemon through the crash seam (tests/harness/crash_daemon)."""
+    daemon.module = crash_daemon.MODULE
+    daemon.extra_env[crash_daemon.ENV] = point
+
+
 def _restart_without_crash(daemon: DaemonProcess) -> None:
-    daemon.extra_env.pop(CRASH_ENV, None)
+    daemon.module = DAEMON_MODULE
+    daemon.extra_env.pop(crash_daemon.ENV, None)
     daemon.start()
 
 
 def _crash_import(daemon: DaemonProcess, busctl: Runner, source: int) -> None:
-    """Import with the crash hook armed; the daemon dies of SIGKILL at the hook's point."""
-    assert daemon.extra_env.get(CRASH_ENV)
+    """Import with the crash armed; the daemon dies of SIGKILL at the armed point."""
+    assert daemon.extra_env.get(crash_daemon.ENV)
     reply = busctl("call", DEST, PATH, BLOCKLISTS,
                    "ImportSource", "u", str(source))  # fmt: skip
     assert reply.returncode != 0  # no answer: the daemon died
@@ -417,7 +412,7 @@ def _crash_import(daemon: DaemonProcess, busctl: Runner, source: int) -> None:
     ("point", "changed"),
     [
         ("after_download", False),
-        ("mid_ban", False),
+        ("ban:5", False),  # 6 batches: 3 banned and booked, the 4th banned and pending
         ("before_complete", False),
         ("before_complete", True),
     ],
@@ -430,7 +425,7 @@ def test_crash_at_any_point_then_retry_bans_each_address_once(
     point: str,
     changed: bool,
 ) -> None:
-    """The test-only hook (importer.CRASH_ENV) SIGKILLs the daemon at an exact point."""
+    """A SIGKILL at an exact point of the import (the seam tests/harness/crash_daemon)."""
     config = {"blocklist": {"batch_size": 10}}
     entries = [*addresses(16, 59), "45.41.0.0/24"]
     lists.lists["k"] = body(entries)
@@ -445,10 +440,10 @@ def test_crash_at_any_point_then_retry_bans_each_address_once(
         lists.lists["k"] = body(entries)
         expected_runs = 2
         daemon.stop()
-        daemon.extra_env[CRASH_ENV] = point
+        _arm_crash(daemon, point)
         daemon.start()
     else:
-        daemon = start_daemon(config, env={CRASH_ENV: point})
+        daemon = start_daemon(config, module=crash_daemon.MODULE, env={crash_daemon.ENV: point})
         source = add_source(busctl, "crashy", lists.url("/list/k"), enabled=False)
     before = actions(f2b)
 
@@ -456,8 +451,8 @@ def test_crash_at_any_point_then_retry_bans_each_address_once(
     banned_at_crash = jail_bans(f2b) & set(entries)
     if point == "after_download":
         assert actions(f2b) == before
-    elif point == "mid_ban":
-        assert 0 < len(banned_at_crash) < len(entries)
+    elif point == "ban:5":
+        assert len(banned_at_crash) == 40
     else:
         assert banned_at_crash == set(entries)
 

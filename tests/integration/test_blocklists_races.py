@@ -10,19 +10,15 @@ import pytest
 
 from tests.harness.daemon import DaemonProcess
 from tests.harness.fail2ban import F2bSandbox
-from tests.integration.blocklist_server import ListServer
+from tests.integration.blocklist_server import ListServer, addresses
 from tests.integration.test_blocklists import (
     actions,
     add_source,
-    addresses,
     body,
     import_source,
     jail_bans,
-    lists,
     runs,
 )
-
-__all__ = ["lists"]  # the fixture, re-used
 
 
 @pytest.mark.daemon_config({"blocklist": {"batch_size": 10}})

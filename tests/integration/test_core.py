@@ -12,6 +12,7 @@ import pytest
 
 from tests.harness.daemon import DaemonProcess
 from tests.harness.fail2ban import F2bSandbox
+from tests.harness.util import wait_until
 from tests.integration.dbus_calls import (
     BLOCKLISTS,
     CORE,
@@ -27,18 +28,6 @@ from tests.integration.dbus_calls import (
 REPO = Path(__file__).resolve().parents[2]
 CONTRACT_XML = REPO / "dbus-policy" / "org.bangui.Daemon1.xml"
 E = "org.bangui.Daemon1.Error."
-
-
-def poll(predicate: Any, timeout: float, interval: float = 0.1) -> Any:
-    """Return predicate()'s first truthy value, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 def banned_ips(busctl: Runner, jail: str = "") -> set[str]:
@@ -76,7 +65,7 @@ def test_ban_from_failed_logins_reaches_listbans(
 ) -> None:
     f2b.write_failed_logins("45.33.12.8", 4)
     f2b.wait_banned("sshd", "45.33.12.8")
-    poll(lambda: "45.33.12.8" in banned_ips(busctl), 5)
+    wait_until(lambda: "45.33.12.8" in banned_ips(busctl), 5, "45.33.12.8 listed")
 
     def sshd() -> dict[str, Any]:
         (jails,) = call(busctl, CORE, "ListJails")
@@ -84,7 +73,7 @@ def test_ban_from_failed_logins_reaches_listbans(
 
     assert sshd()["currently_banned"] == 1  # moves with the ban itself
     # failure counters are fail2ban's own, read on each ban_watch tick
-    poll(lambda: sshd()["total_failed"] >= 4, 5)
+    wait_until(lambda: sshd()["total_failed"] >= 4, 5, "4 failures counted")
 
 
 def test_status_properties_and_tasks(daemon: DaemonProcess, busctl: Runner) -> None:
@@ -229,7 +218,7 @@ def test_fail2ban_death_degrades_and_recovers(
 
     f2b.restart()
     restarted = time.monotonic()
-    poll(lambda: get_property(busctl, "Fail2banConnected") is True, 10)
+    wait_until(lambda: get_property(busctl, "Fail2banConnected") is True, 10, "Fail2banConnected")
     assert time.monotonic() - restarted < 10
     assert get_property(busctl, "State") == "running"
     assert daemon.running
@@ -247,7 +236,7 @@ def test_ban_storm_is_coalesced_and_daemon_stays_connected(
     def added_so_far() -> int:
         return sum(int(m.args[0].split()[-1]) for m in mon.signals("BansChanged") if m.args)
 
-    poll(lambda: added_so_far() >= 2000, 20)
+    wait_until(lambda: added_so_far() >= 2000, 20, "2000 additions in BansChanged")
     assert added_so_far() == 2000
     storm_signals = [m for m in mon.signals("BanAdded") if '"storm"' in " ".join(m.args)]
     assert len(storm_signals) <= 100  # per tick: over 100 changes means BansChanged only
@@ -277,7 +266,7 @@ def test_sighup_reloads_intervals(daemon: DaemonProcess, busctl: Runner) -> None
         (tasks,) = call(busctl, CORE, "ListTasks")
         return int(next(t["interval"] for t in tasks if t["name"] == "history_purge"))
 
-    poll(lambda: purge_interval() == 4321, 5)
+    wait_until(lambda: purge_interval() == 4321, 5, "the reloaded interval")
 
 
 def test_sigterm_right_after_ready_exits_cleanly(daemon: DaemonProcess) -> None:

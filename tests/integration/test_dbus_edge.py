@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from dbus_fast import Variant
 
 from tests.harness.daemon import DaemonProcess
-from tests.integration.blocklist_server import ListServer, serving
+from tests.integration.blocklist_server import ListServer
 from tests.integration.dbus_calls import BLOCKLISTS, CORE, GEO, HISTORY
 from tests.integration.fast_client import FastClient, Reply
 
@@ -36,12 +35,6 @@ def daemon(module_daemon: DaemonProcess) -> DaemonProcess:
 @pytest.fixture
 def client(fast_client: FastClient) -> FastClient:
     return fast_client
-
-
-@pytest.fixture
-def lists() -> Iterator[ListServer]:
-    with serving() as server:
-        yield server
 
 
 def no_internal_errors(daemon: DaemonProcess) -> None:

@@ -18,7 +18,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,7 +26,7 @@ import pytest
 
 from tests.harness.fail2ban import F2bSandbox
 from tests.harness.util import wait_until
-from tests.integration.blocklist_server import ListServer, serving
+from tests.integration.blocklist_server import ListServer, addresses
 from tests.integration.dbus_calls import BLOCKLISTS, CORE, DEST, PATH, Runner, call, plain
 from tests.integration.history_db import archive_compare, fill_bans
 from tests.integration.test_history import run_sync
@@ -99,17 +99,6 @@ class LockSampler(threading.Thread):
             f"total {sum(waits):.2f} s, {len(self.errors)} failed; longest at "
             + ", ".join(f"{w * 1000:.0f} ms @{t - since:.1f} s" for w, t in worst)
         )
-
-
-@pytest.fixture
-def lists() -> Iterator[ListServer]:
-    with serving() as server:
-        yield server
-
-
-def addresses(second: int, n: int) -> list[str]:
-    """`n` distinct global unicast addresses 45.<second>.x.y (up to 62,500)."""
-    return [f"45.{second}.{i // 250}.{i % 250 + 1}" for i in range(n)]
 
 
 def body(entries: list[str]) -> bytes:

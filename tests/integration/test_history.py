@@ -40,8 +40,8 @@ PURGE = (
 # ------------------------------------------------------------------ helpers
 def run_sync(busctl: Runner, timeout: float = 60.0) -> dict[str, Any]:
     """RunTask history_sync as root; a sync the ban watch started first is waited out."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def ran() -> dict[str, Any] | None:
         result = busctl(
             "--json=short",
             "--timeout=60",
@@ -54,14 +54,14 @@ def run_sync(busctl: Runner, timeout: float = 60.0) -> dict[str, Any]:
             "history_sync",
             timeout=timeout,
         )
-        if result.returncode == 0:
-            out: dict[str, Any] = plain(json.loads(result.stdout)["data"])[0]
-            assert out["status"] == "ok", out
-            return out
-        assert "already running" in result.stderr, result.stderr
-        if time.monotonic() > deadline:
-            pytest.fail("history_sync stayed busy")
-        time.sleep(0.05)  # the other run is in progress: ask again shortly
+        if result.returncode != 0:  # the other run is in progress: ask again shortly
+            assert "already running" in result.stderr, result.stderr
+            return None
+        out: dict[str, Any] = plain(json.loads(result.stdout)["data"])[0]
+        assert out["status"] == "ok", out
+        return out
+
+    return wait_until(ran, timeout, "history_sync to run (not busy)", max_interval=0.05)
 
 
 def f2b_rows(db: Path, ip: str | None = None) -> list[tuple[Any, ...]]:

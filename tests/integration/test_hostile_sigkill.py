@@ -53,15 +53,15 @@ def runs(busctl: Runner, source: int) -> list[dict[str, Any]]:
 
 def import_until_done(busctl: Runner, source: int) -> None:
     """ImportSource; a scheduled import running already (Busy) is waited out."""
-    deadline = time.monotonic() + 60
-    while True:
+
+    def imported() -> bool:
         reply = busctl("--json=short", "--timeout=60", "call", DEST, PATH, BLOCKLISTS,
                        "ImportSource", "u", str(source), timeout=70)  # fmt: skip
-        if reply.returncode == 0:
-            return
-        assert "Busy" in reply.stderr or "already" in reply.stderr, reply.stderr
-        assert time.monotonic() < deadline, "the import stayed busy"
-        time.sleep(0.1)
+        if reply.returncode != 0:
+            assert "Busy" in reply.stderr or "already" in reply.stderr, reply.stderr
+        return reply.returncode == 0
+
+    wait_until(imported, 60, "the import to be not busy", max_interval=0.1)
 
 
 def action_history(f2b: F2bSandbox) -> dict[str, list[str]]:

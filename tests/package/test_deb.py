@@ -10,7 +10,6 @@ install created is gone after the purge, which the test checks path by path.
 
 from __future__ import annotations
 
-import grp
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ from tests.harness.bus import PrivateSystemBus, busctl
 from tests.harness.daemon import dump_toml
 from tests.harness.fail2ban import JAIL_SSHD, F2bSandbox
 from tests.harness.systemd_ns import NamespacedSystemd, missing_tools
+from tests.harness.users import group_exists
 from tests.harness.util import wait_until
 
 pytestmark = pytest.mark.integration
@@ -72,14 +72,6 @@ def dpkg(*args: str) -> str:
 
 def installed_status() -> str:
     return run("dpkg-query", "-W", "-f=${db:Status-Status}", PACKAGE).stdout.strip()
-
-
-def group_exists(name: str) -> bool:
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from bangui_daemon.fail2ban.db_tail import BanRow, TailRead
 from bangui_daemon.services.ban_watch import FULL_EVERY, PER_ADDRESS_LIMIT, BanWatch
 from bangui_daemon.services.bans import BanService
 from bangui_daemon.services.daemon_state import DaemonState
+from tests.harness.util import await_until
 
 
 class FakeFail2ban:
@@ -249,10 +250,11 @@ async def test_a_removal_nothing_explains_costs_one_list(h: Harness) -> None:
     h.f2b.lift("sshd", "192.0.2.1")  # fail2ban-client unbanip: its rows are deleted
     waits = h.changes.waits
     h.changes.written()  # a write that brought no ban row
-    for _ in range(200):  # the watch reads the DB on its own task, then waits again
-        if h.changes.waits > waits:
-            break
-        await asyncio.sleep(0.01)
+
+    async def handled() -> bool:  # the watch reads the DB on its own task, then waits again
+        return h.changes.waits > waits
+
+    await await_until(handled, 2.0, "the watch to handle the write")
     result = await h.watch.poll()
     assert result["looked_again"] is True
     assert result["lists"] == ["sshd"]

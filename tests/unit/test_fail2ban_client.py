@@ -23,6 +23,7 @@ from bangui_daemon.errors import (
 )
 from bangui_daemon.fail2ban.client import BanEntry, Fail2banClient, JailCounts
 from bangui_daemon.fail2ban.protocol import CLOSE_FRAME, END
+from tests.harness.util import await_until
 
 FAST = 0.5  # "fails fast": well below any timeout used here
 
@@ -399,15 +400,15 @@ async def test_backoff_fails_fast_then_recovers(sock_dir: str) -> None:
         # Inside the backoff window the socket is not even tried.
         assert await _elapsed(c.ping()) < FAST
         assert server.connections == 0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5.0
-        while True:
+
+        async def pinged() -> bool:
             try:
                 await c.ping()
-                break
             except Fail2banUnavailable:
-                assert loop.time() < deadline
-                await asyncio.sleep(0.05)
+                return False
+            return True
+
+        await await_until(pinged, 5.0, "a ping after the backoff window")
         assert server.connections == 1
         assert c._backoff == 0.0
     finally:
@@ -448,11 +449,11 @@ async def test_reconnects_after_server_restart(sock_dir: str) -> None:
 async def test_close_says_goodbye(client: Fail2banClient, fake: FakeFail2ban) -> None:
     await client.ping()
     await client.close()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5.0
-    while fake.client_closes == 0:
-        assert loop.time() < deadline
-        await asyncio.sleep(0.01)
+
+    async def said_goodbye() -> bool:
+        return fake.client_closes > 0
+
+    await await_until(said_goodbye, 5.0, "the close command")
     await client.ping()
     assert fake.connections == 2
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,6 +48,25 @@ async def test_matching_settings_have_no_problem(tmp_path: Path) -> None:
     (tmp_path / "link.sqlite3").symlink_to(db)
     fake = FakeFail2ban(str(tmp_path / "link.sqlite3"), 86400)  # the same file, another name
     assert await setup_problems(fake, config(str(db))) == []
+
+
+async def test_files_are_compared_off_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stat() on a hung NFS mount blocks: samefile must not run on the loop's thread."""
+    threads: list[int] = []
+    real = os.path.samefile
+
+    def recording(a: str, b: str) -> bool:
+        threads.append(threading.get_ident())
+        return real(a, b)
+
+    monkeypatch.setattr(os.path, "samefile", recording)
+    db = tmp_path / "fail2ban.sqlite3"
+    db.touch()
+    assert await setup_problems(FakeFail2ban(str(db), 86400), config(str(db))) == []
+    assert threads
+    assert threading.get_ident() not in threads
 
 
 async def test_another_database_file_is_named(tmp_path: Path) -> None:
