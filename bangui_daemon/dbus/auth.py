@@ -194,9 +194,13 @@ class Authorizer:
         except TimeoutError:
             log.warning("polkit_no_answer", action=action, timeout=timeout)
             return False
-        except Exception as exc:  # a broken connection must deny, not crash the call
+        except Exception as exc:  # noqa: BLE001 - a broken connection must deny, not crash
             log.warning("polkit_error", action=action, error=str(exc))
             return False
+        return self._polkit_answer(reply, action)
+
+    def _polkit_answer(self, reply: Message | None, action: str) -> bool | None:
+        """What a CheckAuthorization reply says; anything but a clear yes denies."""
         if reply is None:
             return False
         if reply.message_type == MessageType.ERROR:
