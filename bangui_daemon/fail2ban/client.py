@@ -261,12 +261,6 @@ class Fail2banClient:
 
     # ---------------------------------------------------------------- typed API
 
-    async def ping(self) -> None:
-        """Prove fail2ban answers."""
-        value = await self.call("ping")
-        if value != "pong":
-            raise Fail2banProtocolError("fail2ban answered ping with something else")
-
     async def version(self) -> str:
         """fail2ban's version string, e.g. '1.0.2'."""
         value = await self.call("version")

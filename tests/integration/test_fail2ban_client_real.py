@@ -38,8 +38,7 @@ async def client(f2b: F2bSandbox) -> AsyncIterator[Fail2banClient]:
 # ---------------------------------------------------------------------- tests
 
 
-async def test_ping_version_jails_settings(f2b: F2bSandbox, client: Fail2banClient) -> None:
-    await client.ping()
+async def test_version_jails_settings(f2b: F2bSandbox, client: Fail2banClient) -> None:
     assert (await client.version()).startswith(("0.11", "1."))
     assert set(await client.jails()) == set(f2b.jails)
     assert await client.dbfile() == str(f2b.db_path)
@@ -92,7 +91,7 @@ async def test_unknown_jail_and_command(client: Fail2banClient) -> None:
     with pytest.raises(Fail2banCommandError) as info2:
         await client.call("frobnicate")
     assert info2.value.remote_class == "Exception"
-    await client.ping()  # the connection survived
+    await client.version()  # the connection survived
 
 
 async def test_fifty_concurrent_calls_while_busy(f2b: F2bSandbox, client: Fail2banClient) -> None:
@@ -101,7 +100,7 @@ async def test_fifty_concurrent_calls_while_busy(f2b: F2bSandbox, client: Fail2b
     # full (EAGAIN); calls on the shared client queue on its lock.
     others = [Fail2banClient(str(f2b.socket_path), timeout=20.0) for _ in range(25)]
     try:
-        pings = [asyncio.create_task(c.ping()) for c in others]
+        pings = [asyncio.create_task(c.version()) for c in others]
         echoes = [asyncio.create_task(client.call("echo", str(i))) for i in range(25)]
         echoed = await asyncio.gather(*echoes)
         await asyncio.gather(*pings)
@@ -115,13 +114,13 @@ async def test_fifty_concurrent_calls_while_busy(f2b: F2bSandbox, client: Fail2b
 async def test_killed_server_is_unavailable_quickly(
     f2b: F2bSandbox, client: Fail2banClient
 ) -> None:
-    await client.ping()
+    await client.version()
     await asyncio.to_thread(f2b.kill)
     loop = asyncio.get_running_loop()
     for _ in range(3):
         start = loop.time()
         with pytest.raises(Fail2banUnavailable):
-            await client.ping()
+            await client.version()
         assert loop.time() - start < 1.0
     assert f2b.socket_path.exists()  # a stale socket file: connect is refused
 

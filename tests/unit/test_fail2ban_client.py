@@ -227,7 +227,7 @@ async def _elapsed(coro: Awaitable[object]) -> float:
 
 
 async def test_calls_share_one_connection(client: Fail2banClient, fake: FakeFail2ban) -> None:
-    await client.ping()
+    await client.version()
     assert await client.version() == "1.0.2"
     for i in range(20):
         assert await client.call("echo", str(i)) == [str(i)]
@@ -243,7 +243,7 @@ async def test_reply_over_limit_is_refused(fake: FakeFail2ban) -> None:
     try:
         with pytest.raises(Fail2banProtocolError):
             await small.call("big")
-        await small.ping()  # dropped and reconnected
+        await small.version()  # dropped and reconnected
         assert fake.connections == 2
     finally:
         await small.close()
@@ -257,7 +257,7 @@ async def test_forbidden_global_is_refused(client: Fail2banClient, fake: FakeFai
     with pytest.raises(Fail2banProtocolError, match="forbidden global"):
         await client.call("evil")
     assert not _exists(fake.pwned)
-    await client.ping()
+    await client.version()
     assert fake.connections == 2
 
 
@@ -273,7 +273,7 @@ async def test_error_of_fail2ban_s_sqlite_is_named_with_its_text(
         "database is locked",
     )
     assert "OperationalError: database is locked" in str(info.value)
-    await client.ping()
+    await client.version()
     assert fake.connections == 1
 
 
@@ -288,7 +288,7 @@ async def test_command_error_keeps_connection(client: Fail2banClient, fake: Fake
         "Exception",
         "Invalid command",
     )
-    await client.ping()
+    await client.version()
     assert fake.connections == 1
 
 
@@ -307,7 +307,7 @@ async def test_shutdown_reply_is_unavailable(client: Fail2banClient) -> None:
 async def test_server_closing_mid_call(client: Fail2banClient, fake: FakeFail2ban) -> None:
     with pytest.raises(Fail2banUnavailable):
         await client.call("drop")
-    await client.ping()
+    await client.version()
     assert fake.connections == 2
 
 
@@ -357,7 +357,7 @@ async def test_timeout_while_queued_keeps_busy_call(
     await _elapsed(client.call("ping", timeout=0.1))
     fake.release.set()
     assert await slow == "late"
-    await client.ping()
+    await client.version()
     assert fake.connections == 1
 
 
@@ -379,7 +379,7 @@ async def test_fifty_concurrent_calls_while_busy(
 
 async def test_missing_socket_fails_fast(sock_dir: str) -> None:
     c = Fail2banClient(os.path.join(sock_dir, "nothing.sock"), timeout=5.0)
-    assert await _elapsed(c.ping()) < FAST
+    assert await _elapsed(c.version()) < FAST
 
 
 async def test_refused_socket_fails_fast(sock_dir: str) -> None:
@@ -387,23 +387,23 @@ async def test_refused_socket_fails_fast(sock_dir: str) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.bind(path)  # a socket file nobody listens on, as after fail2ban was killed
     c = Fail2banClient(path, timeout=5.0)
-    assert await _elapsed(c.ping()) < FAST
+    assert await _elapsed(c.version()) < FAST
 
 
 async def test_backoff_fails_fast_then_recovers(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "late.sock")
     c = Fail2banClient(path, timeout=5.0)
-    await _elapsed(c.ping())
+    await _elapsed(c.version())
     server = FakeFail2ban(path)
     await server.start()
     try:
         # Inside the backoff window the socket is not even tried.
-        assert await _elapsed(c.ping()) < FAST
+        assert await _elapsed(c.version()) < FAST
         assert server.connections == 0
 
         async def pinged() -> bool:
             try:
-                await c.ping()
+                await c.version()
             except Fail2banUnavailable:
                 return False
             return True
@@ -422,7 +422,7 @@ async def test_backoff_doubles_up_to_cap(sock_dir: str) -> None:
     for _ in range(6):
         c._retry_at = 0.0  # skip the wait; the window length is what is checked
         with pytest.raises(Fail2banUnavailable):
-            await c.ping()
+            await c.version()
         seen.append(c._backoff)
     assert seen == [0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
 
@@ -433,12 +433,12 @@ async def test_reconnects_after_server_restart(sock_dir: str) -> None:
     await first.start()
     c = Fail2banClient(path, timeout=5.0)
     try:
-        await c.ping()
+        await c.version()
         await first.stop()
         second = FakeFail2ban(path)
         await second.start()
         try:
-            await c.ping()
+            await c.version()
             assert second.connections == 1
         finally:
             await second.stop()
@@ -447,14 +447,14 @@ async def test_reconnects_after_server_restart(sock_dir: str) -> None:
 
 
 async def test_close_says_goodbye(client: Fail2banClient, fake: FakeFail2ban) -> None:
-    await client.ping()
+    await client.version()
     await client.close()
 
     async def said_goodbye() -> bool:
         return fake.client_closes > 0
 
     await await_until(said_goodbye, 5.0, "the close command")
-    await client.ping()
+    await client.version()
     assert fake.connections == 2
 
 
