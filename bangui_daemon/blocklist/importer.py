@@ -25,7 +25,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -75,6 +75,10 @@ class Preview:
     refused_sample: list[str]
     max_entries: int = 0
     """The cap an import would apply; `entries` above it means the import would fail."""
+    invalid_sample: list[str] = field(default_factory=list)
+    """A few invalid lines, escaped and cut short: what the list holds that is not kept."""
+    below_min_count: int = 0
+    """Entries of a counted list (ipsum) left out for a count below the minimum."""
 
 
 PREVIEW_FACTOR = 4
@@ -175,6 +179,8 @@ class Importer:
             sample=allowed[:SAMPLE],
             refused_sample=[f"{entry} ({reason})" for entry, reason in refused[:SAMPLE]],
             max_entries=limit,
+            invalid_sample=parsed.invalid_sample,
+            below_min_count=parsed.below_min_count,
         )
 
     # ---- import -------------------------------------------------------------

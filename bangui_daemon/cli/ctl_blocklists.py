@@ -194,6 +194,9 @@ async def cmd_import(ctx: Context) -> int:
     return EXIT_ERROR if failed else EXIT_OK
 
 
+SAMPLES = {"sample": "sample", "refused_sample": "refused (sample)", "invalid_sample": "invalid"}
+
+
 async def cmd_preview(ctx: Context) -> int:
     preview = await ctx.client.preview_source(ctx.args.url)
 
@@ -202,10 +205,10 @@ async def cmd_preview(ctx: Context) -> int:
             ("entries", as_int(preview.get("entries"))),
             ("invalid", as_int(preview.get("invalid"))),
             ("refused", as_int(preview.get("refused"))),
-            *extras(preview, ("entries", "invalid", "refused", "sample", "refused_sample")),
+            *extras(preview, ("entries", "invalid", "refused", *SAMPLES)),
         ]
         parts = [render.key_values(pairs)]
-        for key, title in (("sample", "sample"), ("refused_sample", "refused (sample)")):
+        for key, title in SAMPLES.items():
             values = preview.get(key)
             if isinstance(values, list) and values:
                 parts.append(f"{title}:\n" + "\n".join(f"  {render.clean(v)}" for v in values))

@@ -118,6 +118,8 @@ class BlocklistsInterface(ServiceInterface):
             "refused_sample": Variant("as", p.refused_sample),
             "max_entries": Variant("u", p.max_entries),
             "over_limit": Variant("b", p.entries > p.max_entries),
+            "invalid_sample": Variant("as", p.invalid_sample),
+            "below_min_count": Variant("u", p.below_min_count),
         }
 
     @dbus_method("ImportAll", returns="aa{sv}")

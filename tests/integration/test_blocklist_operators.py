@@ -232,3 +232,26 @@ def test_an_oversized_list_names_its_size_and_the_key_to_raise(
     assert "more than 10 entries (31 lines)" in result["error"]
     assert "blocklist.max_entries" in result["error"]
     assert not f2b.banned(JAIL)
+
+
+def test_a_preview_shows_which_lines_were_not_kept(
+    f2b: F2bSandbox,
+    start_daemon: DaemonStarter,
+    busctl: Runner,
+    system_bus: PrivateSystemBus,
+    tmp_path: Path,
+) -> None:
+    folder = lists_dir(tmp_path)
+    path = folder / "mixed.txt"
+    kept = ["45.1.2.3\t3", "45.1.2.4\t2"]
+    below = ["45.1.2.5\t1"]  # counted once: under ipsum_min_count = 2
+    garbage = ["not-an-address", "45.1.2.300", "\x1b[31mred"]
+    path.write_text("# ipsum-like\n" + "\n".join(kept + below + garbage) + "\n")
+    start_daemon(blocklist={"file_dir": str(folder), "ipsum_min_count": 2})
+    (preview,) = call(busctl, BLOCKLISTS, "PreviewSource", "s", f"file://{path}")
+    assert (preview["entries"], preview["invalid"], preview["below_min_count"]) == (2, 3, 1)
+    assert preview["invalid_sample"] == ["not-an-address", "45.1.2.300", "\\x1b[31mred"]
+    argv = [sys.executable, "-m", "bangui_daemon.cli.banguictl", "--bus", system_bus.address]
+    shown = run_as(None, [*argv, "preview", f"file://{path}"], timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "invalid:\n  not-an-address\n  45.1.2.300\n" in shown.stdout

@@ -219,7 +219,7 @@ def test_download_failures_have_a_named_error_and_the_same_reason_on_import(
     daemon: DaemonProcess, client: FastClient, lists: ListServer
 ) -> None:
     version = client.call("org.freedesktop.DBus.Properties", "Get", "ss", CORE, "InterfaceVersion")
-    assert version.body[0].value == "1.2"  # 1.1 the source options, 1.2 DownloadFailed
+    assert version.body[0].value == "1.3"  # 1.1 source options, 1.2 DownloadFailed, 1.3 preview
     url = lists.url("/list/missing")
     preview = client.call(BLOCKLISTS, "PreviewSource", "s", url)
     assert preview.error == ERR + "DownloadFailed", preview
