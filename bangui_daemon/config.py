@@ -214,17 +214,24 @@ def _http_url(value: object) -> object:
     return url
 
 
+def _network_text(item: object) -> str | None:
+    """The canonical text of an address or network written as a string, else None."""
+    if not isinstance(item, str):
+        return None
+    try:
+        return str(ipaddress.ip_network(item.strip(), strict=False))
+    except ValueError:
+        return None
+
+
 def _networks(value: object) -> object:
     if not isinstance(value, list | tuple):
         raise _InvalidError(f"must be a list of addresses or networks, got {_show(value)}")
     result: list[str] = []
     problems: list[str] = []
     for index, item in enumerate(value):
-        try:
-            network = str(ipaddress.ip_network(str(item).strip(), strict=False))
-        except ValueError:
-            network = ""
-        if not isinstance(item, str) or not network:
+        network = _network_text(item)
+        if network is None:
             problems.append(f"[{index}] is not an IP address or network: {_show(item)}")
             continue
         if network not in result:
