@@ -111,7 +111,8 @@ def public_v4(n: int, second: int = 0) -> list[str]:
 def test_single_ban_in_sshd_is_in_the_set_within_a_second(
     f2b: F2bSandbox, netns: NetNamespace, nft_log: Path
 ) -> None:
-    assert netns.tables() == {f"inet {TABLE}"}
+    # fail2ban's action thread runs the action's start() just after the jail starts
+    wait_until(lambda: netns.tables() == {f"inet {TABLE}"}, 10, f"the inet {TABLE} table")
     (chain,) = [
         item["chain"]
         for item in netns.nft_json("list", "chain", "inet", TABLE, "sshd-input")
